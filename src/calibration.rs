@@ -1,0 +1,126 @@
+//! Calibration for anomaly scoring: the model's log_probs on held-out normal rows, kept sorted in
+//! the model card, turn a log_prob into a percentile and define the default anomaly threshold.
+use serde::{Deserialize, Serialize};
+
+/// At most this many calibration values are kept in the card (evenly spaced order statistics).
+pub const MAX_CALIBRATION_ROWS: usize = 10_000;
+/// Default share of normal rows flagged as anomalies.
+pub const DEFAULT_THRESHOLD_QUANTILE: f64 = 0.01;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Validation log_probs in nats, sorted ascending.
+    pub log_probs: Vec<f64>,
+    /// The quantile of `log_probs` used as the default threshold.
+    pub threshold_quantile: f64,
+    /// Rows with log_prob below this are anomalies by default.
+    pub threshold: f64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CalibrationError {
+    #[error("calibration needs at least one finite log_prob")]
+    Empty,
+    #[error("calibration log_probs must be finite and sorted ascending")]
+    Unsorted,
+    #[error("quantile must be in [0, 1], got {0}")]
+    Quantile(f64),
+}
+
+impl Calibration {
+    /// Builds calibration from held-out log_probs (non-finite values are dropped).
+    pub fn from_log_probs(
+        values: &[f64],
+        threshold_quantile: f64,
+    ) -> Result<Calibration, CalibrationError> {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return Err(CalibrationError::Empty);
+        }
+        v.sort_by(f64::total_cmp);
+        if v.len() > MAX_CALIBRATION_ROWS {
+            let n = v.len();
+            v = (0..MAX_CALIBRATION_ROWS)
+                .map(|i| v[i * (n - 1) / (MAX_CALIBRATION_ROWS - 1)])
+                .collect();
+        }
+        let mut c = Calibration {
+            log_probs: v,
+            threshold_quantile,
+            threshold: 0.0,
+        };
+        c.threshold = c.quantile(threshold_quantile)?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), CalibrationError> {
+        if self.log_probs.is_empty() {
+            return Err(CalibrationError::Empty);
+        }
+        let finite = self.log_probs.iter().all(|x| x.is_finite()) && self.threshold.is_finite();
+        if !finite || self.log_probs.windows(2).any(|w| w[0] > w[1]) {
+            return Err(CalibrationError::Unsorted);
+        }
+        if !(0.0..=1.0).contains(&self.threshold_quantile) {
+            return Err(CalibrationError::Quantile(self.threshold_quantile));
+        }
+        Ok(())
+    }
+
+    /// Share of calibration rows with a lower log_prob than `log_prob`, in [0, 1].
+    pub fn percentile(&self, log_prob: f64) -> f64 {
+        let below = self.log_probs.partition_point(|v| *v < log_prob);
+        below as f64 / self.log_probs.len() as f64
+    }
+
+    /// The q-quantile of the calibration log_probs (linear interpolation).
+    pub fn quantile(&self, q: f64) -> Result<f64, CalibrationError> {
+        if !(0.0..=1.0).contains(&q) {
+            return Err(CalibrationError::Quantile(q));
+        }
+        let v = &self.log_probs;
+        if v.is_empty() {
+            return Err(CalibrationError::Empty);
+        }
+        let pos = q * (v.len() - 1) as f64;
+        let (lo, frac) = (pos.floor() as usize, pos - pos.floor());
+        let hi = (lo + 1).min(v.len() - 1);
+        Ok(v[lo] + (v[hi] - v[lo]) * frac)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_and_threshold() {
+        let vals: Vec<f64> = (0..101).rev().map(f64::from).collect();
+        let c = Calibration::from_log_probs(&vals, 0.1).unwrap();
+        assert_eq!(c.log_probs[0], 0.0);
+        assert!((c.threshold - 10.0).abs() < 1e-12);
+        assert_eq!(c.percentile(-1.0), 0.0);
+        assert!((c.percentile(50.0) - 50.0 / 101.0).abs() < 1e-12);
+        assert_eq!(c.percentile(1000.0), 1.0);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn subsamples_and_rejects_bad_input() {
+        let vals: Vec<f64> = (0..50_000).map(f64::from).collect();
+        let c = Calibration::from_log_probs(&vals, 0.5).unwrap();
+        assert_eq!(c.log_probs.len(), MAX_CALIBRATION_ROWS);
+        assert_eq!(*c.log_probs.last().unwrap(), 49_999.0);
+        assert_eq!(
+            Calibration::from_log_probs(&[f64::NAN], 0.1),
+            Err(CalibrationError::Empty)
+        );
+        assert_eq!(
+            Calibration::from_log_probs(&[1.0], 1.5),
+            Err(CalibrationError::Quantile(1.5))
+        );
+        let mut bad = c.clone();
+        bad.log_probs.swap(0, 5);
+        assert_eq!(bad.validate(), Err(CalibrationError::Unsorted));
+    }
+}

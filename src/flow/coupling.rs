@@ -1,0 +1,93 @@
+//! Additive coupling: y_keep = x_keep, y_other = x_other + m(x_keep). Unit Jacobian.
+use tch::{nn, nn::Module, Device, Kind, Tensor};
+
+#[derive(Debug)]
+pub(super) struct Coupling {
+    keep: Tensor,
+    other: Tensor,
+    /// Puts [keep | other] columns back in natural order.
+    unpermute: Tensor,
+    mlp: Vec<nn::Linear>,
+}
+
+impl Coupling {
+    /// Coupling `parity` keeps the coordinates with index % 2 == parity. The MLP's last layer
+    /// starts at zero, so a fresh coupling is the identity and training starts from the
+    /// data-initialised scaling alone.
+    pub(super) fn new(
+        p: &nn::Path,
+        dim: usize,
+        parity: usize,
+        hidden_layers: usize,
+        units: usize,
+    ) -> Coupling {
+        let keep: Vec<i64> = (0..dim as i64)
+            .filter(|i| *i as usize % 2 == parity)
+            .collect();
+        let other: Vec<i64> = (0..dim as i64)
+            .filter(|i| *i as usize % 2 != parity)
+            .collect();
+        let mut order: Vec<i64> = keep.iter().chain(other.iter()).copied().collect();
+        let mut unpermute = vec![0i64; dim];
+        for (pos, col) in order.drain(..).enumerate() {
+            unpermute[col as usize] = pos as i64;
+        }
+        let units = units as i64;
+        let mut mlp = Vec::with_capacity(hidden_layers + 1);
+        let layers = p / "layer";
+        let mut fan_in = keep.len() as i64;
+        for j in 0..hidden_layers {
+            mlp.push(nn::linear(&layers / j, fan_in, units, Default::default()));
+            fan_in = units;
+        }
+        let zero = nn::LinearConfig {
+            ws_init: nn::Init::Const(0.0),
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
+        mlp.push(nn::linear(
+            &layers / hidden_layers,
+            fan_in,
+            other.len() as i64,
+            zero,
+        ));
+        let device = p.device();
+        Coupling {
+            keep: index(&keep, device),
+            other: index(&other, device),
+            unpermute: index(&unpermute, device),
+            mlp,
+        }
+    }
+
+    fn shift(&self, keep: &Tensor) -> Tensor {
+        let last = self.mlp.len() - 1;
+        self.mlp
+            .iter()
+            .enumerate()
+            .fold(keep.shallow_clone(), |h, (j, layer)| {
+                let h = layer.forward(&h);
+                if j < last {
+                    h.relu()
+                } else {
+                    h
+                }
+            })
+    }
+
+    pub(super) fn forward(&self, x: &Tensor) -> Tensor {
+        let keep = x.index_select(1, &self.keep);
+        let other = x.index_select(1, &self.other) + self.shift(&keep);
+        Tensor::cat(&[keep, other], 1).index_select(1, &self.unpermute)
+    }
+
+    pub(super) fn inverse(&self, y: &Tensor) -> Tensor {
+        let keep = y.index_select(1, &self.keep);
+        let other = y.index_select(1, &self.other) - self.shift(&keep);
+        Tensor::cat(&[keep, other], 1).index_select(1, &self.unpermute)
+    }
+}
+
+fn index(v: &[i64], device: Device) -> Tensor {
+    Tensor::from_slice(v).to_kind(Kind::Int64).to_device(device)
+}

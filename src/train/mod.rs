@@ -1,0 +1,308 @@
+//! Fitting a NICE model by maximum likelihood: Adam on mini-batches, fresh dequantisation noise
+//! for 8-bit data, a validation split, early stopping that keeps the best weights, and
+//! calibration for anomaly scoring at the end.
+mod config;
+
+pub use config::{LrSchedule, PreprocessChoice, TrainConfig};
+
+use crate::calibration::Calibration;
+use crate::data::Dataset;
+use crate::flow::{bits_per_dim, Architecture, FlowError, Nice, Preprocess};
+use crate::store::{EpochRecord, InputSpec, Model, ModelCard, TrainingSummary};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use std::time::Instant;
+use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+    #[error("invalid training data: {0}")]
+    Data(String),
+    #[error(transparent)]
+    Flow(#[from] FlowError),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("training diverged at epoch {0} (non-finite loss); try a lower learning rate")]
+    Diverged(usize),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Receives progress; lets the caller cancel between batches.
+pub trait Observer {
+    fn on_batch(&mut self, _epoch: usize, _done: usize, _total: usize) {}
+    fn on_epoch(&mut self, _record: &EpochRecord, _best_val: f64) {}
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// An observer that does nothing.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// Rows evaluated per forward pass when scoring a whole data set.
+const EVAL_CHUNK: usize = 2048;
+
+/// Trains on `train`, early-stops on `val`, reports on `test` if given.
+pub fn train(
+    cfg: &TrainConfig,
+    train: &Dataset,
+    val: &Dataset,
+    test: Option<&Dataset>,
+    observer: &mut dyn Observer,
+) -> Result<Model, TrainError> {
+    cfg.validate()?;
+    check_data(cfg, train, val, test)?;
+    let started = Instant::now();
+    tch::manual_seed(cfg.seed as i64);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+
+    let card = new_card(cfg, train)?;
+    let mut model = Model::new(card, Device::Cpu)?;
+    let x_train = rows_tensor(train)?;
+    if cfg.data_init {
+        let n = train.n.min(4096) as i64;
+        model.nice.init_scale_from_data(&x_train.narrow(0, 0, n))?;
+    }
+    let adam = nn::Adam {
+        beta1: cfg.beta1,
+        beta2: cfg.beta2,
+        wd: 0.0,
+        eps: cfg.eps,
+        amsgrad: false,
+    };
+    let mut opt = adam.build(&model.vs, cfg.lr)?;
+
+    let dim = train.dim;
+    let batches = train.n.div_ceil(cfg.batch_size);
+    let mut order: Vec<i64> = (0..train.n as i64).collect();
+    let mut history = Vec::new();
+    let mut best: Option<(f64, usize, BTreeMap<String, Tensor>)> = None;
+    let mut stale = 0;
+    let out_of_time = |t: &Instant| {
+        cfg.max_seconds
+            .is_some_and(|m| t.elapsed().as_secs_f64() >= m)
+    };
+
+    for epoch in 1..=cfg.epochs {
+        let epoch_start = Instant::now();
+        order.shuffle(&mut rng);
+        let (mut ll_sum, mut rows_seen) = (0.0, 0usize);
+        for b in 0..batches {
+            if observer.cancelled() {
+                return Err(TrainError::Cancelled);
+            }
+            if out_of_time(&started) && rows_seen > 0 {
+                break;
+            }
+            let lo = b * cfg.batch_size;
+            let hi = (lo + cfg.batch_size).min(train.n);
+            let idx = Tensor::from_slice(&order[lo..hi]);
+            let mut xb = x_train.index_select(0, &idx);
+            if train.eight_bit {
+                // (pixel + U(0,1)) / 256, with rows stored as (pixel + 0.5) / 256.
+                xb += (xb.rand_like() - 0.5) / 256.0;
+            }
+            if let Some(lr) = cfg.lr_at(epoch, b, batches) {
+                opt.set_lr(lr);
+            }
+            let ll = model.nice.log_prob(&xb)?.mean(Kind::Double);
+            let loss = -&ll;
+            opt.backward_step(&loss);
+            let ll = ll.double_value(&[]);
+            if !ll.is_finite() {
+                return Err(TrainError::Diverged(epoch));
+            }
+            ll_sum += ll * (hi - lo) as f64;
+            rows_seen += hi - lo;
+            observer.on_batch(epoch, b + 1, batches);
+        }
+        let train_seconds = epoch_start.elapsed().as_secs_f64();
+        let val_ll = mean(&log_probs(&model.nice, val)?);
+        if !val_ll.is_finite() {
+            return Err(TrainError::Diverged(epoch));
+        }
+        let record = EpochRecord {
+            epoch,
+            seconds: started.elapsed().as_secs_f64(),
+            train_log_likelihood: ll_sum / rows_seen.max(1) as f64,
+            val_log_likelihood: val_ll,
+            val_bits_per_dim: bits_per_dim(val_ll, dim, train.eight_bit),
+            rows_per_second: rows_seen as f64 / train_seconds.max(1e-9),
+        };
+        if best.as_ref().is_none_or(|(b, _, _)| val_ll > *b) {
+            best = Some((val_ll, epoch, snapshot(&model)));
+            stale = 0;
+        } else {
+            stale += 1;
+        }
+        let best_val = best.as_ref().map_or(val_ll, |b| b.0);
+        observer.on_epoch(&record, best_val);
+        history.push(record);
+        if stale >= cfg.patience || out_of_time(&started) {
+            break;
+        }
+    }
+
+    let (best_val, best_epoch, weights) =
+        best.ok_or_else(|| TrainError::Config("no epoch ran".into()))?;
+    restore(&model, &weights);
+    let val_lp = log_probs(&model.nice, val)?;
+    let calibration = Calibration::from_log_probs(&val_lp, cfg.threshold_quantile)
+        .map_err(|e| TrainError::Data(format!("calibration: {e}")))?;
+    let test_ll = match test {
+        Some(t) => Some(mean(&log_probs(&model.nice, t)?)),
+        None => None,
+    };
+    model.card.calibration = Some(calibration);
+    model.card.training = Some(TrainingSummary {
+        data: train.source.clone(),
+        train_rows: train.n,
+        val_rows: val.n,
+        epochs: history.len(),
+        best_epoch,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        val_log_likelihood: best_val,
+        val_bits_per_dim: bits_per_dim(best_val, dim, train.eight_bit),
+        test_rows: test.map(|t| t.n),
+        test_log_likelihood: test_ll,
+        test_bits_per_dim: test_ll.map(|ll| bits_per_dim(ll, dim, train.eight_bit)),
+        recipe: serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null),
+        history,
+    });
+    Ok(model)
+}
+
+/// Exact log_prob of every row of `data`, evaluated in chunks without autograd.
+pub fn log_probs(nice: &Nice, data: &Dataset) -> Result<Vec<f64>, TrainError> {
+    let _guard = tch::no_grad_guard();
+    let mut out = Vec::with_capacity(data.n);
+    for lo in (0..data.n).step_by(EVAL_CHUNK) {
+        let hi = (lo + EVAL_CHUNK).min(data.n);
+        let x = Tensor::f_from_slice(&data.rows[lo * data.dim..hi * data.dim])?
+            .f_view([(hi - lo) as i64, data.dim as i64])?;
+        let lp = nice.log_prob(&x)?;
+        out.extend(Vec::<f64>::try_from(&lp)?);
+    }
+    Ok(out)
+}
+
+pub fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+fn rows_tensor(d: &Dataset) -> Result<Tensor, TrainError> {
+    Ok(Tensor::f_from_slice(&d.rows)?.f_view([d.n as i64, d.dim as i64])?)
+}
+
+fn check_data(
+    cfg: &TrainConfig,
+    train: &Dataset,
+    val: &Dataset,
+    test: Option<&Dataset>,
+) -> Result<(), TrainError> {
+    if train.n < 2 {
+        return Err(TrainError::Data(format!(
+            "{}: need at least 2 training rows, got {}",
+            train.source, train.n
+        )));
+    }
+    if val.n == 0 {
+        return Err(TrainError::Data(
+            "the validation split is empty; use more rows or a larger --val-fraction".into(),
+        ));
+    }
+    if train.dim < 2 {
+        return Err(TrainError::Data(format!(
+            "{}: NICE needs at least 2 columns, got {}",
+            train.source, train.dim
+        )));
+    }
+    for d in std::iter::once(val).chain(test) {
+        if d.dim != train.dim {
+            return Err(TrainError::Data(format!(
+                "{} has {} columns, the training data {}",
+                d.source, d.dim, train.dim
+            )));
+        }
+    }
+    if let Some(i) = train.rows.iter().position(|v| !v.is_finite()) {
+        return Err(TrainError::Data(format!(
+            "{}: row {} column {} is not finite",
+            train.source,
+            i / train.dim + 1,
+            i % train.dim + 1
+        )));
+    }
+    if cfg.preprocess == PreprocessChoice::Logit {
+        for d in [train, val].into_iter().chain(test) {
+            if let Some(i) = d.rows.iter().position(|v| !(0.0..=1.0).contains(v)) {
+                return Err(TrainError::Data(format!(
+                    "{}: logit preprocessing needs values in [0, 1]; row {} column {} is {}",
+                    d.source,
+                    i / d.dim + 1,
+                    i % d.dim + 1,
+                    d.rows[i]
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn new_card(cfg: &TrainConfig, train: &Dataset) -> Result<ModelCard, TrainError> {
+    let preprocess = match cfg.preprocess {
+        PreprocessChoice::Identity => Preprocess::Identity,
+        PreprocessChoice::Logit => Preprocess::Logit {
+            alpha: cfg.logit_alpha,
+        },
+        PreprocessChoice::Standardize => {
+            let (mean, std) = train.feature_stats();
+            Preprocess::Standardize { mean, std }
+        }
+    };
+    let architecture = Architecture {
+        dim: train.dim,
+        couplings: cfg.couplings,
+        hidden_layers: cfg.hidden_layers,
+        hidden_units: cfg.hidden_units,
+    };
+    let shape = match train.image_shape {
+        Some([h, w]) => vec![h, w],
+        None => vec![train.dim],
+    };
+    let input = InputSpec {
+        shape,
+        eight_bit: train.eight_bit,
+    };
+    Ok(ModelCard::new(
+        &cfg.name,
+        architecture,
+        cfg.prior,
+        preprocess,
+        input,
+    ))
+}
+
+fn snapshot(model: &Model) -> BTreeMap<String, Tensor> {
+    let _guard = tch::no_grad_guard();
+    model
+        .named_tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.copy()))
+        .collect()
+}
+
+fn restore(model: &Model, weights: &BTreeMap<String, Tensor>) {
+    let _guard = tch::no_grad_guard();
+    for (name, mut var) in model.named_tensors() {
+        if let Some(w) = weights.get(&name) {
+            var.copy_(w);
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Fixtures shared by the integration tests.
+#![allow(dead_code)]
+use flowscore::flow::{Architecture, Preprocess, Prior};
+use flowscore::store::{InputSpec, Model, ModelCard};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tch::{Device, Kind, Tensor};
+
+/// A small model with every weight random (a fresh model's couplings are the identity, which
+/// would make exactness tests too easy).
+pub fn random_model(dim: usize, prior: Prior, preprocess: Preprocess, seed: u64) -> Model {
+    let arch = Architecture {
+        dim,
+        couplings: 4,
+        hidden_layers: 2,
+        hidden_units: 16,
+    };
+    let card = ModelCard::new(
+        "test",
+        arch,
+        prior,
+        preprocess,
+        InputSpec {
+            shape: vec![dim],
+            eight_bit: false,
+        },
+    );
+    let model = Model::new(card, Device::Cpu).expect("model");
+    randomize(&model, seed, 0.4);
+    model
+}
+
+pub fn randomize(model: &Model, seed: u64, std: f64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let _guard = tch::no_grad_guard();
+    for (_, mut v) in model.named_tensors() {
+        let vals: Vec<f32> = (0..v.numel())
+            .map(|_| (rng.gen::<f64>() * 2.0 - 1.0) as f32 * std as f32 * 1.7)
+            .collect();
+        v.copy_(&Tensor::from_slice(&vals).view(v.size().as_slice()));
+    }
+}
+
+pub fn standardize(dim: usize, seed: u64) -> Preprocess {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    Preprocess::Standardize {
+        mean: (0..dim).map(|_| rng.gen_range(-3.0..3.0)).collect(),
+        std: (0..dim).map(|_| rng.gen_range(0.2..4.0)).collect(),
+    }
+}
+
+/// n random rows in [lo, hi), f32.
+pub fn random_rows(n: usize, dim: usize, lo: f64, hi: f64, seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let v: Vec<f32> = (0..n * dim).map(|_| rng.gen_range(lo..hi) as f32).collect();
+    Tensor::from_slice(&v).view([n as i64, dim as i64])
+}
+
+pub fn to_vec(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).expect("to_vec")
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+pub const FASHION_TEST: &str = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
