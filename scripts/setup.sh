@@ -18,6 +18,8 @@ done
 # (metrics format check), a C compiler for torch-sys.
 need=()
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v wrk >/dev/null || need+=(wrk)
 command -v cc >/dev/null || need+=(gcc g++)
 command -v python3 >/dev/null || need+=(python3 python3-venv python3-pip)
 if [ ${#need[@]} -gt 0 ]; then

@@ -2,8 +2,12 @@
 pub mod calibration;
 pub mod cli;
 pub mod data;
+pub mod engine;
 pub mod eval;
 pub mod flow;
+pub mod http;
 pub mod image;
+pub mod metrics;
+pub mod serve;
 pub mod store;
 pub mod train;

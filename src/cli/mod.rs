@@ -50,6 +50,36 @@ pub enum Command {
     Sample(SampleArgs),
     /// Show a model card and its learned scaling spectrum.
     Inspect(InspectArgs),
+    /// Serve a model over HTTP.
+    Serve(crate::serve::ServeArgs),
+    /// Create an untrained model folder (random weights), e.g. for benchmarks.
+    Init(InitArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub dim: usize,
+    /// Row layout, e.g. 28,28 for images (default: [dim]).
+    #[arg(long, value_delimiter = ',')]
+    pub shape: Vec<usize>,
+    #[arg(long, default_value_t = 4)]
+    pub couplings: usize,
+    #[arg(long, default_value_t = 5)]
+    pub hidden_layers: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub hidden_units: usize,
+    #[arg(long, value_enum, default_value = "logistic")]
+    pub prior: crate::flow::Prior,
+    /// identity or logit (standardize needs data: use `train`).
+    #[arg(long, value_enum, default_value = "identity")]
+    pub preprocess: crate::train::PreprocessChoice,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -151,7 +181,49 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval_cmd(a),
         Command::Sample(a) => sample_cmd(a),
         Command::Inspect(a) => inspect_cmd(a),
+        Command::Serve(a) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(crate::serve::run(a, crate::serve::shutdown_signal()))
+        }
+        Command::Init(a) => init_cmd(a),
     }
+}
+
+fn init_cmd(a: InitArgs) -> Result<()> {
+    use crate::flow::{Architecture, Preprocess};
+    use crate::train::PreprocessChoice;
+    let preprocess = match a.preprocess {
+        PreprocessChoice::Identity => Preprocess::Identity,
+        PreprocessChoice::Logit => Preprocess::Logit { alpha: 0.05 },
+        PreprocessChoice::Standardize | PreprocessChoice::Auto => {
+            bail!("standardize is fitted on data: use `flowscore train`")
+        }
+    };
+    let shape = if a.shape.is_empty() {
+        vec![a.dim]
+    } else {
+        a.shape.clone()
+    };
+    let eight_bit = shape.len() == 2;
+    let arch = Architecture {
+        dim: a.dim,
+        couplings: a.couplings,
+        hidden_layers: a.hidden_layers,
+        hidden_units: a.hidden_units,
+    };
+    let card = store::ModelCard::new(
+        "random",
+        arch,
+        a.prior,
+        preprocess,
+        store::InputSpec { shape, eight_bit },
+    );
+    tch::manual_seed(a.seed as i64);
+    let mut model = Model::new(card, Device::Cpu)?;
+    let _ = store::ModelCard::from_json(&serde_json::to_string(&model.card)?, &a.out)?;
+    store::save(&mut model, &a.out, a.force)?;
+    println!("wrote an untrained model to {}", a.out.display());
+    Ok(())
 }
 
 fn load_data(

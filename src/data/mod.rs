@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-pub use npy::write_npy;
+pub use npy::{npy_bytes, write_npy};
 
 /// Rows as the model sees them, row-major n × dim, f32.
 #[derive(Clone)]
@@ -237,6 +237,16 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset, DataError> {
         ));
     }
     Ok(ds.data)
+}
+
+/// Parses an NPY array held in memory (an upload or a request body); `source` names it in
+/// errors. Same rules as NPY files: float32/float64/uint8, [n, d] (or uint8 [n, h, w]).
+pub fn from_npy_bytes(bytes: &[u8], source: &str) -> Result<Dataset, DataError> {
+    let ds = npy::parse_npy(bytes, source, None)?.data;
+    if ds.n == 0 {
+        return Err(DataError::invalid(source, "no data rows"));
+    }
+    Ok(ds)
 }
 
 /// A loaded dataset plus the number of rows the file holds before `limit`, which label files are

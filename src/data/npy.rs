@@ -17,9 +17,18 @@ enum Elem {
 }
 
 pub(super) fn load_npy(path: &Path, limit: Option<usize>) -> Result<Loaded, DataError> {
-    let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let mut body: &[u8] = &bytes;
+    parse_npy(&bytes, &path.display().to_string(), limit)
+}
+
+/// Parses an NPY file already in memory (e.g. a request body); `shown` names it in errors.
+pub(super) fn parse_npy(
+    bytes: &[u8],
+    shown: &str,
+    limit: Option<usize>,
+) -> Result<Loaded, DataError> {
+    let shown = shown.to_string();
+    let mut body: &[u8] = bytes;
     let header = NpyHeader::from_reader(&mut body)
         .map_err(|e| DataError::invalid(&shown, format!("not a valid NPY file: {e}")))?;
     let shape = header.shape().to_vec();
@@ -154,6 +163,22 @@ pub(super) fn load_npy(path: &Path, limit: Option<usize>) -> Result<Loaded, Data
         },
         n_total: n,
     })
+}
+
+/// Encodes `data` as an in-memory NPY array of `shape` (C order, little-endian).
+pub fn npy_bytes<T: npyz::AutoSerialize + Copy>(
+    data: &[T],
+    shape: &[u64],
+) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(data.len() * std::mem::size_of::<T>() + 128);
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(&mut out)
+        .begin_nd()?;
+    w.extend(data.iter().copied())?;
+    w.finish()?;
+    Ok(out)
 }
 
 /// Writes rows as a C-ordered little-endian f32 array of shape [n, dim], readable by numpy.

@@ -239,7 +239,7 @@ fn check_data(
             i % train.dim + 1
         )));
     }
-    if cfg.preprocess == PreprocessChoice::Logit {
+    if cfg.preprocess_for(train) == PreprocessChoice::Logit {
         for d in [train, val].into_iter().chain(test) {
             if let Some(i) = d.rows.iter().position(|v| !(0.0..=1.0).contains(v)) {
                 return Err(TrainError::Data(format!(
@@ -256,12 +256,12 @@ fn check_data(
 }
 
 fn new_card(cfg: &TrainConfig, train: &Dataset) -> Result<ModelCard, TrainError> {
-    let preprocess = match cfg.preprocess {
+    let preprocess = match cfg.preprocess_for(train) {
         PreprocessChoice::Identity => Preprocess::Identity,
         PreprocessChoice::Logit => Preprocess::Logit {
             alpha: cfg.logit_alpha,
         },
-        PreprocessChoice::Standardize => {
+        PreprocessChoice::Standardize | PreprocessChoice::Auto => {
             let (mean, std) = train.feature_stats();
             Preprocess::Standardize { mean, std }
         }

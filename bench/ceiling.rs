@@ -1,0 +1,159 @@
+//! The serving ceiling: raw in-process libtorch `log_prob` on a model folder, no HTTP, no
+//! parsing. bench/serve_bench.sh divides served rows/s by `ceiling_rows_per_s` and compares the
+//! 1-row latency at concurrency 1 with `single_row_ms_*`.
+//!
+//! Usage: cargo bench --bench ceiling -- [--model DIR] [--batch 512] [--threads 2]
+//!        [--seconds 8] [--single-seconds 5]
+//! (Unknown arguments such as cargo's `--bench` are ignored.)
+//!
+//! Prints two parseable lines:
+//!   ceiling_rows_per_s=<batch / median batch time> batch=.. threads=.. batch_ms_median=..
+//!     batch_ms_p90=.. mean_rows_per_s=.. iters=..
+//!   single_row_ms_median=.. single_row_ms_p99=.. single_row_ms_min=.. iters=..
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
+
+struct Args {
+    model: PathBuf,
+    batch: i64,
+    threads: i32,
+    seconds: f64,
+    single_seconds: f64,
+}
+
+fn bad(name: &str) -> ! {
+    eprintln!("ceiling: {name} needs a positive number (or a path for --model)");
+    std::process::exit(2)
+}
+
+fn positive<T: std::str::FromStr + PartialOrd + Default>(name: &str, val: Option<&String>) -> T {
+    match val.and_then(|v| v.parse::<T>().ok()) {
+        Some(v) if v > T::default() => v,
+        _ => bad(name),
+    }
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        model: PathBuf::from("bench/out/model-paper"),
+        batch: 512,
+        threads: 2,
+        seconds: 8.0,
+        single_seconds: 5.0,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let name = argv[i].as_str();
+        let val = argv.get(i + 1);
+        match name {
+            "--model" => a.model = PathBuf::from(val.unwrap_or_else(|| bad(name))),
+            "--batch" => a.batch = positive(name, val),
+            "--threads" => a.threads = positive(name, val),
+            "--seconds" => a.seconds = positive(name, val),
+            "--single-seconds" => a.single_seconds = positive(name, val),
+            _ => {
+                // Not ours (e.g. cargo's `--bench`): skip it alone.
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    // Nearest-rank percentile of an ascending slice.
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Times `f` until `budget` has passed and at least `min_iters` ran (after `warmup` untimed
+/// calls); returns the sorted wall times in ms.
+fn time_it(
+    warmup: usize,
+    min_iters: usize,
+    max_iters: usize,
+    budget: Duration,
+    mut f: impl FnMut(),
+) -> Vec<f64> {
+    for _ in 0..warmup {
+        f();
+    }
+    let start = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < max_iters && (times.len() < min_iters || start.elapsed() < budget) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+fn main() {
+    let args = parse_args();
+    tch::set_num_threads(args.threads);
+    tch::manual_seed(0);
+    let _guard = tch::no_grad_guard();
+    let model = match flowscore::store::load(&args.model, Device::Cpu) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("ceiling: cannot load {}: {e}", args.model.display());
+            std::process::exit(1);
+        }
+    };
+    let dim = model.nice.dim() as i64;
+    let score = |x: &Tensor| -> f64 {
+        let lp = model.nice.log_prob(x).expect("log_prob");
+        // Reading a value back makes sure the whole forward ran (CPU ops are synchronous anyway).
+        lp.double_value(&[0])
+    };
+
+    // Batch throughput: one [batch, D] float32 tensor of U[0, 1) rows, scored repeatedly.
+    let xb = Tensor::rand([args.batch, dim], (Kind::Float, Device::Cpu));
+    let times = time_it(
+        3,
+        10,
+        100_000,
+        Duration::from_secs_f64(args.seconds),
+        || {
+            std::hint::black_box(score(&xb));
+        },
+    );
+    let median = percentile(&times, 50.0);
+    let total: f64 = times.iter().sum();
+    println!(
+        "ceiling_rows_per_s={:.1} batch={} threads={} batch_ms_median={median:.3} batch_ms_p90={:.3} mean_rows_per_s={:.1} iters={} model={}",
+        args.batch as f64 * 1e3 / median,
+        args.batch,
+        args.threads,
+        percentile(&times, 90.0),
+        args.batch as f64 * times.len() as f64 * 1e3 / total,
+        times.len(),
+        args.model.display()
+    );
+
+    // Single-row compute latency: a fresh [1, D] row each call is not needed (no caching in
+    // libtorch); the same row keeps the measurement to the forward pass alone.
+    let x1 = Tensor::rand([1, dim], (Kind::Float, Device::Cpu));
+    let times = time_it(
+        20,
+        200,
+        20_000,
+        Duration::from_secs_f64(args.single_seconds),
+        || {
+            std::hint::black_box(score(&x1));
+        },
+    );
+    println!(
+        "single_row_ms_median={:.4} single_row_ms_p99={:.4} single_row_ms_min={:.4} iters={} threads={}",
+        percentile(&times, 50.0),
+        percentile(&times, 99.0),
+        times[0],
+        times.len(),
+        args.threads
+    );
+}

@@ -1,0 +1,360 @@
+//! Inference threads. Each owns one copy of the model (tch tensors are !Sync), runs with grad
+//! mode off, merges queued requests of the same kind into one forward pass, and swaps models
+//! when told to, loading the new weights itself.
+use super::{Control, EngineConfig, EngineError, Job, ModelInfo, Output, Scored, Task};
+use crate::metrics::Metrics;
+use crate::store::{self, Model};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+use tch::{Device, Tensor};
+
+/// Joins the inference threads when the last engine handle is dropped (after the job queue has
+/// closed, which makes them exit).
+pub(super) struct Threads(Vec<JoinHandle<()>>);
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        for h in self.0.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+pub(super) fn spawn(
+    config: &Arc<EngineConfig>,
+    info: Arc<ModelInfo>,
+    jobs: Receiver<Job>,
+    metrics: Metrics,
+) -> Result<(Vec<Sender<Control>>, Threads), EngineError> {
+    let mut controls = Vec::new();
+    let mut handles = Vec::new();
+    let mut readies = Vec::new();
+    for id in 0..config.workers.max(1) {
+        let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let worker = Worker {
+            config: config.clone(),
+            metrics: metrics.clone(),
+            jobs: jobs.clone(),
+            controls: ctl_rx,
+        };
+        let info = info.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("flowscore-infer-{id}"))
+            .spawn(move || worker.run(info, ready_tx))
+            .map_err(|e| {
+                EngineError::Inference(format!("cannot start an inference thread: {e}"))
+            })?;
+        controls.push(ctl_tx);
+        handles.push(handle);
+        readies.push(ready_rx);
+    }
+    let threads = Threads(handles);
+    for r in readies {
+        r.recv().map_err(|_| EngineError::Stopped)??;
+    }
+    Ok((controls, threads))
+}
+
+struct Worker {
+    config: Arc<EngineConfig>,
+    metrics: Metrics,
+    jobs: Receiver<Job>,
+    controls: Receiver<Control>,
+}
+
+struct Live {
+    model: Model,
+    info: Arc<ModelInfo>,
+}
+
+impl Live {
+    fn load(info: Arc<ModelInfo>, warmup_rows: usize) -> Result<Live, EngineError> {
+        let mut model = store::load(&info.dir, Device::Cpu)?;
+        model.vs.freeze();
+        // One forward pass at the real batch shape, so the first request pays no set-up cost.
+        let rows = warmup_rows.clamp(1, 1024) as i64;
+        let x = match model.card.preprocess.domain() {
+            Some((lo, hi)) => Tensor::full(
+                [rows, info.dim() as i64],
+                (lo + hi) / 2.0,
+                (tch::Kind::Float, Device::Cpu),
+            ),
+            None => Tensor::zeros([rows, info.dim() as i64], (tch::Kind::Float, Device::Cpu)),
+        };
+        let _ = model
+            .nice
+            .log_prob(&x)
+            .map_err(|e| EngineError::Inference(e.to_string()))?;
+        Ok(Live { model, info })
+    }
+}
+
+impl Worker {
+    fn run(self, info: Arc<ModelInfo>, ready: std::sync::mpsc::Sender<Result<(), EngineError>>) {
+        let _no_grad = tch::no_grad_guard();
+        let mut live = match Live::load(info, self.config.max_batch_rows) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        let mut pending: Option<Job> = None;
+        loop {
+            let first = match pending.take() {
+                Some(job) => job,
+                None => crossbeam_channel::select! {
+                    recv(self.controls) -> c => {
+                        if let Ok(c) = c {
+                            self.control(c, &mut live);
+                        }
+                        continue;
+                    }
+                    recv(self.jobs) -> job => match job {
+                        Ok(job) => job,
+                        Err(_) => break,
+                    },
+                },
+            };
+            let (batch, next) = self.gather(first, live.info.dim());
+            pending = next;
+            self.metrics.queue_depth.set(self.jobs.len() as i64);
+            self.run_batch(&live, batch);
+        }
+    }
+
+    fn control(&self, c: Control, live: &mut Live) {
+        match c {
+            Control::Swap { info, done } => {
+                let result = Live::load(info, self.config.max_batch_rows).map(|new| *live = new);
+                let _ = done.send(result);
+            }
+        }
+    }
+
+    /// Takes `first` plus whatever queued requests of the same kind fit the row budget. It does
+    /// not wait when nothing else is queued (a lone client pays no batching delay); once it has
+    /// merged something, it waits up to `max_wait` for more. Returns a job of another kind, if it
+    /// pulled one, for the next round.
+    fn gather(&self, first: Job, dim: usize) -> (Vec<Job>, Option<Job>) {
+        let kind = std::mem::discriminant(&first.task);
+        let mergeable = matches!(
+            first.task,
+            Task::LogProb { .. } | Task::Encode { .. } | Task::Decode { .. }
+        );
+        let mut rows = first.task.rows(dim);
+        let mut batch = vec![first];
+        if !self.config.batching || !mergeable {
+            return (batch, None);
+        }
+        let deadline = Instant::now() + self.config.max_wait;
+        while rows < self.config.max_batch_rows {
+            let next = match self.jobs.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) if batch.len() > 1 => {
+                    match self.jobs.recv_deadline(deadline) {
+                        Ok(job) => job,
+                        Err(_) => break,
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+            };
+            let n = next.task.rows(dim);
+            if std::mem::discriminant(&next.task) != kind || rows + n > self.config.max_batch_rows {
+                return (batch, Some(next));
+            }
+            rows += n;
+            batch.push(next);
+        }
+        (batch, None)
+    }
+
+    fn run_batch(&self, live: &Live, batch: Vec<Job>) {
+        let dim = live.info.dim();
+        let mut jobs = Vec::with_capacity(batch.len());
+        for job in batch {
+            self.metrics
+                .queue_wait_seconds
+                .observe(job.enqueued.elapsed().as_secs_f64());
+            if job.reply.is_closed() {
+                continue; // the client is gone (timed out or disconnected)
+            }
+            if !job.fits(dim) {
+                let _ = job
+                    .reply
+                    .send(Err(EngineError::ModelChanged { expected: dim }));
+                continue;
+            }
+            jobs.push(job);
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        let rows: usize = jobs.iter().map(|j| j.task.rows(dim)).sum();
+        let started = Instant::now();
+        let outputs = catch_unwind(AssertUnwindSafe(|| compute(&live.model, &jobs, dim)))
+            .unwrap_or_else(|_| {
+                Err(EngineError::Inference(
+                    "libtorch panicked; the request was not processed".into(),
+                ))
+            });
+        let inference = started.elapsed();
+        self.metrics
+            .inference_seconds
+            .observe(inference.as_secs_f64());
+        self.metrics.batch_rows.observe(rows as f64);
+        for job in &jobs {
+            job.span.in_scope(|| {
+                tracing::debug!(
+                    queue_ms = (started - job.enqueued).as_secs_f64() * 1e3,
+                    inference_ms = inference.as_secs_f64() * 1e3,
+                    batch_rows = rows,
+                    "inference"
+                )
+            });
+        }
+        match outputs {
+            Ok(outputs) => {
+                for (job, output) in jobs.into_iter().zip(outputs) {
+                    let _ = job.reply.send(Ok(Scored {
+                        output,
+                        model: live.info.clone(),
+                    }));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!(error = %msg, rows, "inference failed");
+                for job in jobs {
+                    let _ = job.reply.send(Err(EngineError::Inference(msg.clone())));
+                }
+            }
+        }
+    }
+}
+
+impl Job {
+    /// Whether the job's rows still fit the live model (a swap may have changed D).
+    fn fits(&self, dim: usize) -> bool {
+        let len = match &self.task {
+            Task::LogProb { rows } | Task::Encode { rows } => rows.len(),
+            Task::Decode { latents } => latents.len(),
+            Task::Inpaint { rows, missing, .. } => {
+                if missing.len() != rows.len() {
+                    return false;
+                }
+                rows.len()
+            }
+            Task::Sample { .. } => return true,
+        };
+        len > 0 && len % dim == 0
+    }
+}
+
+fn tensor(rows: &[f32], dim: usize) -> Result<Tensor, EngineError> {
+    let t =
+        Tensor::f_from_slice(rows).and_then(|t| t.f_view([(rows.len() / dim) as i64, dim as i64]));
+    t.map_err(|e| EngineError::Inference(e.to_string()))
+}
+
+fn to_vec<T: tch::kind::Element>(t: &Tensor) -> Result<Vec<T>, EngineError>
+where
+    Vec<T>: TryFrom<Tensor, Error = tch::TchError>,
+{
+    Vec::<T>::try_from(t.flatten(0, -1)).map_err(|e| EngineError::Inference(e.to_string()))
+}
+
+/// One forward pass over the concatenated rows of `jobs` (all of one kind), split back per job.
+fn compute(model: &Model, jobs: &[Job], dim: usize) -> Result<Vec<Output>, EngineError> {
+    let flow_err = |e: crate::flow::FlowError| EngineError::Inference(e.to_string());
+    let concat = |pick: &dyn Fn(&Task) -> &[f32]| -> Result<Tensor, EngineError> {
+        if jobs.len() == 1 {
+            return tensor(pick(&jobs[0].task), dim);
+        }
+        let all: Vec<f32> = jobs
+            .iter()
+            .flat_map(|j| pick(&j.task).iter().copied())
+            .collect();
+        tensor(&all, dim)
+    };
+    let counts: Vec<usize> = jobs.iter().map(|j| j.task.rows(dim)).collect();
+    match &jobs[0].task {
+        Task::LogProb { .. } => {
+            let x = concat(&|t| match t {
+                Task::LogProb { rows } => rows,
+                _ => &[],
+            })?;
+            let lp: Vec<f64> = to_vec(&model.nice.log_prob(&x).map_err(flow_err)?)?;
+            Ok(split(lp, &counts, 1)
+                .into_iter()
+                .map(Output::LogProb)
+                .collect())
+        }
+        Task::Encode { .. } => {
+            let x = concat(&|t| match t {
+                Task::Encode { rows } => rows,
+                _ => &[],
+            })?;
+            let (z, log_det) = model.nice.encode(&x).map_err(flow_err)?;
+            let prior = model.nice.spec().prior.log_density(&z).sum_dim_intlist(
+                1,
+                false,
+                tch::Kind::Double,
+            );
+            let lp: Vec<f64> = to_vec(&(prior + log_det))?;
+            let z: Vec<f32> = to_vec(&z)?;
+            Ok(split(z, &counts, dim)
+                .into_iter()
+                .zip(split(lp, &counts, 1))
+                .map(|(latents, log_prob)| Output::Encode { latents, log_prob })
+                .collect())
+        }
+        Task::Decode { .. } => {
+            let z = concat(&|t| match t {
+                Task::Decode { latents } => latents,
+                _ => &[],
+            })?;
+            let x: Vec<f32> = to_vec(&model.nice.decode(&z).map_err(flow_err)?)?;
+            Ok(split(x, &counts, dim)
+                .into_iter()
+                .map(Output::Rows)
+                .collect())
+        }
+        Task::Sample {
+            n,
+            seed,
+            temperature,
+        } => {
+            let x = model
+                .nice
+                .sample(*n, *seed, *temperature)
+                .map_err(flow_err)?;
+            Ok(vec![Output::Rows(to_vec(&x)?)])
+        }
+        Task::Inpaint {
+            rows,
+            missing,
+            options,
+        } => {
+            let (x, m) = (tensor(rows, dim)?, tensor(missing, dim)?);
+            let out = model.nice.inpaint(&x, &m, options).map_err(flow_err)?;
+            Ok(vec![Output::Rows(to_vec(&out)?)])
+        }
+    }
+}
+
+fn split<T>(mut all: Vec<T>, counts: &[usize], width: usize) -> Vec<Vec<T>> {
+    let mut out = Vec::with_capacity(counts.len());
+    for c in counts.iter().rev() {
+        let tail = all.split_off(all.len() - c * width);
+        out.push(tail);
+    }
+    out.reverse();
+    out
+}

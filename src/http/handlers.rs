@@ -1,0 +1,578 @@
+//! Route handlers: validate and convert DTOs, call the engine, shape the response. No tensors.
+use super::body::{npy_response, parse_json, parse_npy, wants_npy, Body, Matrix, RowsOut};
+use super::error::{ApiError, ErrorBody};
+use super::AppState;
+use crate::engine::{ModelInfo, Output, Scored, Task};
+use crate::flow::{bits_per_dim, InpaintOptions};
+use axum::extract::{FromRequestParts, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
+
+/// Names the model version that produced a response.
+pub const MODEL_HEADER: HeaderName = HeaderName::from_static("x-flowscore-model");
+
+/// Query strings with our JSON errors.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct AppQuery<T>(pub T);
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(r: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::BadRequest(format!("invalid query string: {}", r.body_text()))
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InputsRequest {
+    /// Rows of D numbers.
+    #[schema(value_type = Vec<Vec<f64>>)]
+    pub inputs: Matrix,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRequest {
+    #[schema(value_type = Vec<Vec<f64>>)]
+    pub inputs: Matrix,
+    /// Flag rows whose log_prob is below this (nats).
+    pub threshold: Option<f64>,
+    /// Or: flag this share of the calibration rows.
+    pub contamination: Option<f64>,
+}
+
+#[derive(Deserialize, ToSchema, IntoParams, Default)]
+pub struct ThresholdQuery {
+    /// Flag rows whose log_prob is below this (nats).
+    pub threshold: Option<f64>,
+    /// Or: flag this share of the calibration rows (the threshold is that quantile).
+    pub contamination: Option<f64>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeRequest {
+    #[schema(value_type = Vec<Vec<f64>>)]
+    pub latents: Matrix,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InpaintRequest {
+    #[schema(value_type = Vec<Vec<f64>>)]
+    pub inputs: Matrix,
+    /// Same shape as `inputs`: 1 = missing (to complete), 0 = observed (kept).
+    #[schema(value_type = Vec<Vec<f64>>)]
+    pub mask: Matrix,
+    /// Gradient-ascent steps (default 300).
+    pub steps: Option<usize>,
+    /// Initial step size (default 0.001), decaying as 1 / (1 + t/100).
+    pub step_size: Option<f64>,
+    /// Std of Gaussian noise added per step (default 0).
+    pub noise: Option<f64>,
+    /// Seed of the starting values and the noise (default 0).
+    pub seed: Option<u64>,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct SampleQuery {
+    /// Number of samples (default 16).
+    pub n: Option<i64>,
+    /// Seed: the same seed gives the same samples (default 0).
+    pub seed: Option<u64>,
+    /// Scales the prior draws (default 1).
+    pub temperature: Option<f64>,
+    /// `json` (default), `npy`, or `png` (image grid, image models only).
+    pub format: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LogProbResponse {
+    /// Exact log-density of each row, nats.
+    pub log_prob: Vec<f64>,
+    pub bits_per_dim: Vec<f64>,
+    pub model: ModelRef,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ScoreResponse {
+    pub log_prob: Vec<f64>,
+    /// Share of the model's calibration rows with a lower log_prob.
+    pub percentile: Vec<f64>,
+    pub is_anomaly: Vec<bool>,
+    /// The log_prob threshold used.
+    pub threshold: f64,
+    pub model: ModelRef,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EncodeResponse<'a> {
+    #[schema(value_type = Vec<Vec<f32>>)]
+    pub latents: RowsOut<'a>,
+    pub log_prob: Vec<f64>,
+    pub model: ModelRef,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OutputsResponse<'a> {
+    #[schema(value_type = Vec<Vec<f32>>)]
+    pub outputs: RowsOut<'a>,
+    pub model: ModelRef,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SamplesResponse<'a> {
+    #[schema(value_type = Vec<Vec<f32>>)]
+    pub samples: RowsOut<'a>,
+    pub model: ModelRef,
+}
+
+fn model_ref(info: &ModelInfo) -> ModelRef {
+    ModelRef {
+        name: info.card.name.clone(),
+        version: info.card.version.clone(),
+    }
+}
+
+fn with_model(mut response: Response, info: &ModelInfo) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&format!("{}/{}", info.card.name, info.card.version)) {
+        response.headers_mut().insert(MODEL_HEADER, v);
+    }
+    response
+}
+
+/// Rows from a JSON `inputs` field or an NPY body, checked against the live model.
+fn inputs(state: &AppState, body: Body, info: &ModelInfo) -> Result<Matrix, ApiError> {
+    let m = match body {
+        Body::Json(b) => parse_json::<InputsRequest>(&b)?.inputs,
+        Body::Npy(b) => parse_npy(&b)?,
+    };
+    m.check("inputs", info.dim(), state.limits.max_rows)?;
+    m.check_domain("inputs", info.card.preprocess.domain())?;
+    Ok(m)
+}
+
+fn log_probs(scored: Scored) -> Result<(Vec<f64>, Arc<ModelInfo>), ApiError> {
+    match scored.output {
+        Output::LogProb(lp) => Ok((lp, scored.model)),
+        _ => Err(ApiError::Engine(crate::engine::EngineError::Inference(
+            "unexpected output".into(),
+        ))),
+    }
+}
+
+fn rows_output(scored: Scored) -> Result<(Vec<f32>, Arc<ModelInfo>), ApiError> {
+    match scored.output {
+        Output::Rows(rows) => Ok((rows, scored.model)),
+        _ => Err(ApiError::Engine(crate::engine::EngineError::Inference(
+            "unexpected output".into(),
+        ))),
+    }
+}
+
+#[utoipa::path(post, path = "/log_prob", tag = "scoring",
+    request_body(content(
+        (InputsRequest = "application/json"),
+        (Vec<u8> = "application/x-npy")
+    )),
+    responses(
+        (status = 200, description = "log p per row (NPY float64 [n] with `Accept: application/x-npy`)", body = LogProbResponse),
+        (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 503, description = "overloaded; retry after `Retry-After`", body = ErrorBody)
+    ))]
+pub async fn log_prob(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let info = state.engine.info();
+    let m = inputs(&state, body, &info)?;
+    let (lp, model) = log_probs(state.engine.submit(Task::LogProb { rows: m.data }).await?)?;
+    let (dim, eight_bit) = (model.dim(), model.card.input.eight_bit);
+    let bpd: Vec<f64> = lp
+        .iter()
+        .map(|v| bits_per_dim(*v, dim, eight_bit))
+        .collect();
+    for b in &bpd {
+        state.metrics.scored_bits_per_dim.observe(*b);
+    }
+    let response = if wants_npy(&headers) {
+        npy_response(&lp, &[lp.len() as u64])?
+    } else {
+        Json(LogProbResponse {
+            log_prob: lp,
+            bits_per_dim: bpd,
+            model: model_ref(&model),
+        })
+        .into_response()
+    };
+    Ok(with_model(response, &model))
+}
+
+#[utoipa::path(post, path = "/score", tag = "scoring",
+    params(ThresholdQuery),
+    request_body(content(
+        (ScoreRequest = "application/json"),
+        (Vec<u8> = "application/x-npy")
+    )),
+    responses((status = 200, body = ScoreResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn score(
+    State(state): State<AppState>,
+    AppQuery(query): AppQuery<ThresholdQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let info = state.engine.info();
+    let (m, policy) = match body {
+        Body::Json(b) => {
+            let r = parse_json::<ScoreRequest>(&b)?;
+            (
+                r.inputs,
+                ThresholdQuery {
+                    threshold: r.threshold,
+                    contamination: r.contamination,
+                },
+            )
+        }
+        Body::Npy(b) => (parse_npy(&b)?, query),
+    };
+    m.check("inputs", info.dim(), state.limits.max_rows)?;
+    m.check_domain("inputs", info.card.preprocess.domain())?;
+    resolve_threshold(&info, &policy)?;
+    let (lp, model) = log_probs(state.engine.submit(Task::LogProb { rows: m.data }).await?)?;
+    // The scoring model may have been swapped in meanwhile: use its own calibration.
+    let threshold = resolve_threshold(&model, &policy)?;
+    let calibration = model.card.calibration.as_ref();
+    let percentile = lp
+        .iter()
+        .map(|v| calibration.map_or(f64::NAN, |c| c.percentile(*v)))
+        .collect();
+    let is_anomaly: Vec<bool> = lp.iter().map(|v| *v < threshold).collect();
+    let (dim, eight_bit) = (model.dim(), model.card.input.eight_bit);
+    for v in &lp {
+        state
+            .metrics
+            .scored_bits_per_dim
+            .observe(bits_per_dim(*v, dim, eight_bit));
+    }
+    state
+        .metrics
+        .anomalies
+        .inc_by(is_anomaly.iter().filter(|a| **a).count() as u64);
+    let response = ScoreResponse {
+        log_prob: lp,
+        percentile,
+        is_anomaly,
+        threshold,
+        model: model_ref(&model),
+    };
+    Ok(with_model(Json(response).into_response(), &model))
+}
+
+fn resolve_threshold(info: &ModelInfo, policy: &ThresholdQuery) -> Result<f64, ApiError> {
+    let bad = |m: &str| Err(ApiError::BadRequest(m.into()));
+    match (policy.threshold, policy.contamination) {
+        (Some(_), Some(_)) => bad("give either `threshold` or `contamination`, not both"),
+        (Some(t), None) if !t.is_finite() => bad("`threshold` must be a finite number"),
+        (Some(t), None) => Ok(t),
+        (None, Some(c)) => {
+            if !(c > 0.0 && c < 1.0) {
+                return bad("`contamination` must be in (0, 1)");
+            }
+            match &info.card.calibration {
+                Some(cal) => cal
+                    .quantile(c)
+                    .map_err(|e| ApiError::BadRequest(e.to_string())),
+                None => bad("this model has no calibration data; pass `threshold`"),
+            }
+        }
+        (None, None) => match &info.card.calibration {
+            Some(cal) => Ok(cal.threshold),
+            None => bad("this model has no calibration data; pass `threshold`"),
+        },
+    }
+}
+
+#[utoipa::path(post, path = "/encode", tag = "latents",
+    request_body(content((InputsRequest = "application/json"), (Vec<u8> = "application/x-npy"))),
+    responses((status = 200, description = "latents z = f(x) (NPY float32 [n, D] with Accept)", body = EncodeResponse),
+        (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn encode(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let info = state.engine.info();
+    let m = inputs(&state, body, &info)?;
+    let scored = state.engine.submit(Task::Encode { rows: m.data }).await?;
+    let model = scored.model;
+    let Output::Encode { latents, log_prob } = scored.output else {
+        return Err(ApiError::Engine(crate::engine::EngineError::Inference(
+            "unexpected output".into(),
+        )));
+    };
+    let dim = model.dim();
+    let response = if wants_npy(&headers) {
+        npy_response(&latents, &[(latents.len() / dim) as u64, dim as u64])?
+    } else {
+        let latents = RowsOut {
+            data: &latents,
+            cols: dim,
+        };
+        Json(EncodeResponse {
+            latents,
+            log_prob,
+            model: model_ref(&model),
+        })
+        .into_response()
+    };
+    Ok(with_model(response, &model))
+}
+
+#[utoipa::path(post, path = "/decode", tag = "latents",
+    request_body(content((DecodeRequest = "application/json"), (Vec<u8> = "application/x-npy"))),
+    responses((status = 200, body = OutputsResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn decode(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let info = state.engine.info();
+    let m = match body {
+        Body::Json(b) => parse_json::<DecodeRequest>(&b)?.latents,
+        Body::Npy(b) => parse_npy(&b)?,
+    };
+    m.check("latents", info.dim(), state.limits.max_rows)?;
+    let (rows, model) = rows_output(
+        state
+            .engine
+            .submit(Task::Decode { latents: m.data })
+            .await?,
+    )?;
+    Ok(with_model(
+        rows_response(&headers, &rows, model.dim(), &model, false)?,
+        &model,
+    ))
+}
+
+fn rows_response(
+    headers: &HeaderMap,
+    rows: &[f32],
+    dim: usize,
+    model: &ModelInfo,
+    samples: bool,
+) -> Result<Response, ApiError> {
+    if wants_npy(headers) {
+        return npy_response(rows, &[(rows.len() / dim) as u64, dim as u64]);
+    }
+    let out = RowsOut {
+        data: rows,
+        cols: dim,
+    };
+    Ok(if samples {
+        Json(SamplesResponse {
+            samples: out,
+            model: model_ref(model),
+        })
+        .into_response()
+    } else {
+        Json(OutputsResponse {
+            outputs: out,
+            model: model_ref(model),
+        })
+        .into_response()
+    })
+}
+
+#[utoipa::path(get, path = "/sample", tag = "generation", params(SampleQuery),
+    responses((status = 200, description = "samples (JSON, NPY, or a PNG grid)", body = SamplesResponse),
+        (status = 400, body = ErrorBody)))]
+pub async fn sample(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    AppQuery(q): AppQuery<SampleQuery>,
+) -> Result<Response, ApiError> {
+    let n = q.n.unwrap_or(16);
+    if n <= 0 {
+        return Err(ApiError::BadRequest(format!(
+            "`n` must be at least 1, got {n}"
+        )));
+    }
+    if n as u64 > state.limits.max_samples as u64 {
+        return Err(ApiError::BadRequest(format!(
+            "`n` is {n}; the limit is {}",
+            state.limits.max_samples
+        )));
+    }
+    let temperature = q.temperature.unwrap_or(1.0);
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(ApiError::BadRequest(format!(
+            "`temperature` must be a positive number, got {temperature}"
+        )));
+    }
+    let format = q.format.as_deref().unwrap_or("json");
+    let info = state.engine.info();
+    if format == "png" && info.card.image_shape().is_none() {
+        return Err(ApiError::BadRequest(
+            "`format=png` needs an image model".into(),
+        ));
+    }
+    if !matches!(format, "json" | "npy" | "png") {
+        return Err(ApiError::BadRequest(format!(
+            "`format` must be json, npy or png, got `{format}`"
+        )));
+    }
+    let task = Task::Sample {
+        n: n as usize,
+        seed: q.seed.unwrap_or(0),
+        temperature,
+    };
+    let (rows, model) = rows_output(state.engine.submit(task).await?)?;
+    let dim = model.dim();
+    let response = match (format, model.card.image_shape()) {
+        ("png", Some([h, w])) => {
+            let mut png = Vec::new();
+            let n = rows.len() / dim;
+            let cols = (n as f64).sqrt().ceil() as usize;
+            crate::image::write_png_grid(&mut png, &rows, n, h, w, cols)
+                .map_err(|e| ApiError::BadRequest(format!("cannot draw the samples: {e}")))?;
+            (
+                [(header::CONTENT_TYPE, HeaderValue::from_static("image/png"))],
+                png,
+            )
+                .into_response()
+        }
+        ("npy", _) => npy_response(&rows, &[(rows.len() / dim) as u64, dim as u64])?,
+        _ => rows_response(&headers, &rows, dim, &model, true)?,
+    };
+    Ok(with_model(response, &model))
+}
+
+#[utoipa::path(post, path = "/inpaint", tag = "generation", request_body = InpaintRequest,
+    responses((status = 200, body = OutputsResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn inpaint(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let info = state.engine.info();
+    let r = match body {
+        Body::Json(b) => parse_json::<InpaintRequest>(&b)?,
+        Body::Npy(_) => {
+            return Err(ApiError::UnsupportedMediaType(
+                "/inpaint takes JSON (inputs and mask)".into(),
+            ));
+        }
+    };
+    r.inputs
+        .check("inputs", info.dim(), state.limits.max_rows)?;
+    r.inputs
+        .check_domain("inputs", info.card.preprocess.domain())?;
+    if r.mask.rows != r.inputs.rows || r.mask.cols != r.inputs.cols {
+        return Err(ApiError::BadRequest(format!(
+            "`mask` is {}×{}, `inputs` is {}×{}: they must have the same shape",
+            r.mask.rows, r.mask.cols, r.inputs.rows, r.inputs.cols
+        )));
+    }
+    if let Some(i) = r.mask.data.iter().position(|v| *v != 0.0 && *v != 1.0) {
+        return Err(ApiError::BadRequest(format!(
+            "`mask` row {} column {} is {}: use 1 for missing, 0 for observed",
+            i / r.mask.cols,
+            i % r.mask.cols,
+            r.mask.data[i]
+        )));
+    }
+    let defaults = InpaintOptions::default();
+    let options = InpaintOptions {
+        steps: r.steps.unwrap_or(defaults.steps),
+        step_size: r.step_size.unwrap_or(defaults.step_size),
+        noise: r.noise.unwrap_or(defaults.noise),
+        seed: r.seed.unwrap_or(defaults.seed),
+    };
+    if options.steps > state.limits.max_inpaint_steps {
+        return Err(ApiError::BadRequest(format!(
+            "`steps` is {}; the limit is {}",
+            options.steps, state.limits.max_inpaint_steps
+        )));
+    }
+    if !(options.step_size.is_finite() && options.step_size > 0.0)
+        || !(options.noise.is_finite() && options.noise >= 0.0)
+    {
+        return Err(ApiError::BadRequest(
+            "`step_size` must be > 0 and `noise` ≥ 0".into(),
+        ));
+    }
+    let task = Task::Inpaint {
+        rows: r.inputs.data,
+        missing: r.mask.data,
+        options,
+    };
+    let (rows, model) = rows_output(state.engine.submit(task).await?)?;
+    Ok(with_model(
+        rows_response(&headers, &rows, model.dim(), &model, false)?,
+        &model,
+    ))
+}
+
+#[utoipa::path(get, path = "/model", tag = "service",
+    responses((status = 200, description = "the live model's card (calibration summarised)")))]
+pub async fn model(State(state): State<AppState>) -> Response {
+    let info = state.engine.info();
+    let mut card = serde_json::to_value(&info.card).unwrap_or_default();
+    if let Some(c) = &info.card.calibration {
+        card["calibration"] = serde_json::json!({
+            "rows": c.log_probs.len(), "threshold_quantile": c.threshold_quantile, "threshold": c.threshold,
+        });
+    }
+    with_model(Json(card).into_response(), &info)
+}
+
+#[utoipa::path(get, path = "/health", tag = "service", responses((status = 200, description = "the process is up")))]
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/ready", tag = "service",
+    responses((status = 200, description = "a model is loaded and warmed up"), (status = 503, body = ErrorBody)))]
+pub async fn ready(State(state): State<AppState>) -> Response {
+    if state.engine.is_ready() {
+        let info = state.engine.info();
+        Json(serde_json::json!({"status": "ready", "model": model_ref(&info)})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(ErrorBody {
+                error: "not ready".into(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "service", responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let ct = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+    ([(header::CONTENT_TYPE, ct)], state.metrics.render()).into_response()
+}
+
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    use utoipa::OpenApi;
+    Json(super::ApiDoc::openapi())
+}
+
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", uri.path()))
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

@@ -1,0 +1,132 @@
+//! The HTTP layer: routes, limits, request ids, logs and metrics. Handlers never touch tensors;
+//! they talk to the engine.
+mod body;
+mod error;
+mod handlers;
+
+pub use error::ApiError;
+pub use handlers::MODEL_HEADER;
+
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::HeaderName;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use std::time::Instant;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::OpenApi;
+
+/// Per-request limits (the engine has its own queue limits).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_rows: usize,
+    pub max_samples: usize,
+    pub max_inpaint_steps: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 << 20,
+            max_rows: 10_000,
+            max_samples: 1024,
+            max_inpaint_steps: 2000,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub metrics: Metrics,
+    pub limits: Limits,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "flowscore",
+        description = "Exact density scoring with NICE normalizing flows"
+    ),
+    paths(
+        handlers::log_prob,
+        handlers::score,
+        handlers::encode,
+        handlers::decode,
+        handlers::sample,
+        handlers::inpaint,
+        handlers::model,
+        handlers::health,
+        handlers::ready,
+        handlers::metrics
+    )
+)]
+pub struct ApiDoc;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole service as a router; tests drive it with `oneshot`, `serve` puts it on a socket.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.limits.max_body_bytes;
+    Router::new()
+        .route("/log_prob", post(handlers::log_prob))
+        .route("/score", post(handlers::score))
+        .route("/encode", post(handlers::encode))
+        .route("/decode", post(handlers::decode))
+        .route("/sample", get(handlers::sample))
+        .route("/inpaint", post(handlers::inpaint))
+        .route("/model", get(handlers::model))
+        .route("/health", get(handlers::health))
+        .route("/ready", get(handlers::ready))
+        .route("/metrics", get(handlers::metrics))
+        .route("/openapi.json", get(handlers::openapi))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Request count, latency and in-flight gauge, labelled by the matched route (never the raw
+/// path, which would explode the label set).
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    state.metrics.in_flight.inc();
+    let response = next.run(req).await;
+    state.metrics.in_flight.dec();
+    let status = response.status().as_u16().to_string();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[&route, &method, &status])
+        .inc();
+    state
+        .metrics
+        .request_seconds
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}

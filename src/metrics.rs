@@ -1,0 +1,149 @@
+//! Every Prometheus metric flowscore exports, declared in one place. The registry is owned by
+//! `Metrics` (not global), so each test or server gets its own.
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_seconds: HistogramVec,
+    pub queue_wait_seconds: Histogram,
+    pub inference_seconds: Histogram,
+    pub batch_rows: Histogram,
+    pub rows: IntCounterVec,
+    pub queue_depth: IntGauge,
+    pub in_flight: IntGauge,
+    pub rejected: IntCounter,
+    pub model_info: IntGaugeVec,
+    pub scored_bits_per_dim: Histogram,
+    pub anomalies: IntCounter,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
+const BPD_BUCKETS: &[f64] = &[
+    0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0,
+];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let hist = |name: &str, help: &str, buckets: &[f64]| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+                .expect("valid histogram");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "flowscore_http_requests_total",
+                "HTTP requests by route, method and status.",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("valid counter");
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "flowscore_http_request_duration_seconds",
+                "HTTP request latency by route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid histogram");
+        let rows = IntCounterVec::new(
+            Opts::new("flowscore_rows_total", "Rows processed by operation."),
+            &["op"],
+        )
+        .expect("valid counter");
+        let model_info = IntGaugeVec::new(
+            Opts::new(
+                "flowscore_model_info",
+                "The live model (value 1), labelled by name and version.",
+            ),
+            &["name", "version"],
+        )
+        .expect("valid gauge");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid gauge");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rows.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        registry
+            .register(Box::new(request_seconds.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(model_info.clone()))
+            .expect("unique metric");
+        Metrics {
+            requests,
+            request_seconds,
+            queue_wait_seconds: hist(
+                "flowscore_queue_wait_seconds",
+                "Time a request waited in the engine queue before its batch started.",
+                LATENCY_BUCKETS,
+            ),
+            inference_seconds: hist(
+                "flowscore_inference_seconds",
+                "Time of one batched forward pass on an inference thread.",
+                LATENCY_BUCKETS,
+            ),
+            batch_rows: hist("flowscore_batch_rows", "Rows per batched forward pass.", BATCH_BUCKETS),
+            rows,
+            queue_depth: gauge("flowscore_queue_depth", "Requests waiting in the engine queue."),
+            in_flight: gauge("flowscore_http_requests_in_flight", "HTTP requests being served."),
+            rejected: counter("flowscore_rejected_total", "Requests refused with 503 because the queue was full."),
+            model_info,
+            scored_bits_per_dim: hist(
+                "flowscore_scored_bpd",
+                "bits per dimension (bpd) of rows scored by /log_prob and /score; watch it for drift.",
+                BPD_BUCKETS,
+            ),
+            anomalies: counter("flowscore_anomalies_total", "Rows flagged anomalous by /score."),
+            registry,
+        }
+    }
+
+    /// Marks `name`/`version` as the live model.
+    pub fn set_model(&self, name: &str, version: &str) {
+        self.model_info.reset();
+        self.model_info.with_label_values(&[name, version]).set(1);
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
