@@ -72,13 +72,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Times `f` until `budget` has passed and at least `min_iters` ran (after `warmup` untimed
 /// calls); returns the sorted wall times in ms.
-fn time_it(
-    warmup: usize,
-    min_iters: usize,
-    max_iters: usize,
-    budget: Duration,
-    mut f: impl FnMut(),
-) -> Vec<f64> {
+fn time_it(warmup: usize, min_iters: usize, max_iters: usize, budget: Duration, mut f: impl FnMut()) -> Vec<f64> {
     for _ in 0..warmup {
         f();
     }
@@ -114,15 +108,9 @@ fn main() {
 
     // Batch throughput: one [batch, D] float32 tensor of U[0, 1) rows, scored repeatedly.
     let xb = Tensor::rand([args.batch, dim], (Kind::Float, Device::Cpu));
-    let times = time_it(
-        3,
-        10,
-        100_000,
-        Duration::from_secs_f64(args.seconds),
-        || {
-            std::hint::black_box(score(&xb));
-        },
-    );
+    let times = time_it(3, 10, 100_000, Duration::from_secs_f64(args.seconds), || {
+        std::hint::black_box(score(&xb));
+    });
     let median = percentile(&times, 50.0);
     let total: f64 = times.iter().sum();
     println!(
@@ -139,15 +127,9 @@ fn main() {
     // Single-row compute latency: a fresh [1, D] row each call is not needed (no caching in
     // libtorch); the same row keeps the measurement to the forward pass alone.
     let x1 = Tensor::rand([1, dim], (Kind::Float, Device::Cpu));
-    let times = time_it(
-        20,
-        200,
-        20_000,
-        Duration::from_secs_f64(args.single_seconds),
-        || {
-            std::hint::black_box(score(&x1));
-        },
-    );
+    let times = time_it(20, 200, 20_000, Duration::from_secs_f64(args.single_seconds), || {
+        std::hint::black_box(score(&x1));
+    });
     println!(
         "single_row_ms_median={:.4} single_row_ms_p99={:.4} single_row_ms_min={:.4} iters={} threads={}",
         percentile(&times, 50.0),

@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release
-model=models/fashion-mnist
+model=models/fashion-mnist/1
 ./target/release/flowscore inspect --model "$model"
 ./target/release/flowscore sample --model "$model" -n 64 --seed 0 --out samples.png

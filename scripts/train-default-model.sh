@@ -7,6 +7,6 @@ cargo build --release
 data=/usr/share/datasets/fashion-mnist
 ./target/release/flowscore --threads 2 train \
   --data "$data/train-images-idx3-ubyte.gz" --test "$data/t10k-images-idx3-ubyte.gz" \
-  --out "${1:-models/fashion-mnist}" --force --name fashion-mnist \
+  --out "${1:-models/fashion-mnist/1}" --force --name fashion-mnist \
   --preprocess logit --couplings 6 --hidden-layers 3 --hidden-units 400 \
   --lr 2e-3 --lr-schedule cosine --epochs 50 --patience 10 --batch-size 256 --seed 0

@@ -29,10 +29,7 @@ pub enum CalibrationError {
 
 impl Calibration {
     /// Builds calibration from held-out log_probs (non-finite values are dropped).
-    pub fn from_log_probs(
-        values: &[f64],
-        threshold_quantile: f64,
-    ) -> Result<Calibration, CalibrationError> {
+    pub fn from_log_probs(values: &[f64], threshold_quantile: f64) -> Result<Calibration, CalibrationError> {
         let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
         if v.is_empty() {
             return Err(CalibrationError::Empty);
@@ -40,15 +37,9 @@ impl Calibration {
         v.sort_by(f64::total_cmp);
         if v.len() > MAX_CALIBRATION_ROWS {
             let n = v.len();
-            v = (0..MAX_CALIBRATION_ROWS)
-                .map(|i| v[i * (n - 1) / (MAX_CALIBRATION_ROWS - 1)])
-                .collect();
+            v = (0..MAX_CALIBRATION_ROWS).map(|i| v[i * (n - 1) / (MAX_CALIBRATION_ROWS - 1)]).collect();
         }
-        let mut c = Calibration {
-            log_probs: v,
-            threshold_quantile,
-            threshold: 0.0,
-        };
+        let mut c = Calibration { log_probs: v, threshold_quantile, threshold: 0.0 };
         c.threshold = c.quantile(threshold_quantile)?;
         Ok(c)
     }
@@ -111,14 +102,8 @@ mod tests {
         let c = Calibration::from_log_probs(&vals, 0.5).unwrap();
         assert_eq!(c.log_probs.len(), MAX_CALIBRATION_ROWS);
         assert_eq!(*c.log_probs.last().unwrap(), 49_999.0);
-        assert_eq!(
-            Calibration::from_log_probs(&[f64::NAN], 0.1),
-            Err(CalibrationError::Empty)
-        );
-        assert_eq!(
-            Calibration::from_log_probs(&[1.0], 1.5),
-            Err(CalibrationError::Quantile(1.5))
-        );
+        assert_eq!(Calibration::from_log_probs(&[f64::NAN], 0.1), Err(CalibrationError::Empty));
+        assert_eq!(Calibration::from_log_probs(&[1.0], 1.5), Err(CalibrationError::Quantile(1.5)));
         let mut bad = c.clone();
         bad.log_probs.swap(0, 5);
         assert_eq!(bad.validate(), Err(CalibrationError::Unsorted));

@@ -32,18 +32,9 @@ mod tests {
 
     #[test]
     fn perfect_random_and_ties() {
-        assert_eq!(
-            auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]),
-            Some(1.0)
-        );
-        assert_eq!(
-            auroc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]),
-            Some(0.0)
-        );
-        assert_eq!(
-            auroc(&[0.5, 0.5, 0.5, 0.5], &[false, true, false, true]),
-            Some(0.5)
-        );
+        assert_eq!(auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]), Some(1.0));
+        assert_eq!(auroc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]), Some(0.0));
+        assert_eq!(auroc(&[0.5, 0.5, 0.5, 0.5], &[false, true, false, true]), Some(0.5));
         // One positive above two of three negatives.
         let a = auroc(&[0.1, 0.2, 0.9, 0.5], &[false, false, false, true]).unwrap();
         assert!((a - 2.0 / 3.0).abs() < 1e-12);

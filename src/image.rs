@@ -31,28 +31,14 @@ const LINE: [u8; 3] = [20, 60, 150];
 const AXIS: [u8; 3] = [120, 120, 120];
 
 /// Encodes a finished pixel buffer; `channels` is 1 (grey) or 3 (RGB).
-fn encode<W: Write>(
-    w: W,
-    pixels: &[u8],
-    width: usize,
-    height: usize,
-    channels: usize,
-) -> Result<(), ImageError> {
+fn encode<W: Write>(w: W, pixels: &[u8], width: usize, height: usize, channels: usize) -> Result<(), ImageError> {
     let (pw, ph) = match (u32::try_from(width), u32::try_from(height)) {
         (Ok(pw), Ok(ph)) if pw > 0 && ph > 0 => (pw, ph),
-        _ => {
-            return Err(invalid(format!(
-                "image size {width}×{height} is not encodable"
-            )))
-        }
+        _ => return Err(invalid(format!("image size {width}×{height} is not encodable"))),
     };
     debug_assert_eq!(pixels.len(), width * height * channels);
     let mut enc = png::Encoder::new(w, pw, ph);
-    enc.set_color(if channels == 1 {
-        png::ColorType::Grayscale
-    } else {
-        png::ColorType::Rgb
-    });
+    enc.set_color(if channels == 1 { png::ColorType::Grayscale } else { png::ColorType::Rgb });
     enc.set_depth(png::BitDepth::Eight);
     let mut writer = enc.write_header()?;
     writer.write_image_data(pixels)?;
@@ -89,15 +75,10 @@ pub fn write_png_grid<W: std::io::Write>(
     cols: usize,
 ) -> Result<(), ImageError> {
     if n == 0 || h == 0 || width == 0 || cols == 0 {
-        return Err(invalid(format!(
-            "grid needs n, h, w and cols > 0 (got n={n}, h={h}, w={width}, cols={cols})"
-        )));
+        return Err(invalid(format!("grid needs n, h, w and cols > 0 (got n={n}, h={h}, w={width}, cols={cols})")));
     }
     if area(&[n, h, width])? != images.len() {
-        return Err(invalid(format!(
-            "{} values do not form {n} images of {h}×{width}",
-            images.len()
-        )));
+        return Err(invalid(format!("{} values do not form {n} images of {h}×{width}", images.len())));
     }
     let cols = cols.min(n);
     let grid_rows = n.div_ceil(cols);
@@ -138,11 +119,7 @@ pub fn write_png_series<W: std::io::Write>(w: W, values: &[f64]) -> Result<(), I
         let t = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
         bottom - (t * (plot_h - 1) as f64).round() as usize
     };
-    let base = if lo <= 0.0 && 0.0 <= hi {
-        y_of(0.0)
-    } else {
-        bottom
-    };
+    let base = if lo <= 0.0 && 0.0 <= hi { y_of(0.0) } else { bottom };
 
     let mut px = vec![0u8; CHART_W * CHART_H * 3];
     let mut put = |x: usize, y: usize, c: [u8; 3]| {
@@ -165,12 +142,11 @@ pub fn write_png_series<W: std::io::Write>(w: W, values: &[f64]) -> Result<(), I
         let (y_top, y_bot) = (y_of(bmax), y_of(bmin));
         let x = CHART_MARGIN + col;
         // Bar between the baseline and the value farthest from it.
-        let far =
-            if (base as isize - y_top as isize).abs() >= (y_bot as isize - base as isize).abs() {
-                y_top
-            } else {
-                y_bot
-            };
+        let far = if (base as isize - y_top as isize).abs() >= (y_bot as isize - base as isize).abs() {
+            y_top
+        } else {
+            y_bot
+        };
         for y in far.min(base)..=far.max(base) {
             put(x, y, BAR);
         }
@@ -206,15 +182,10 @@ pub fn write_png_heatmap<W: std::io::Write>(
     zoom: usize,
 ) -> Result<(), ImageError> {
     if h == 0 || width == 0 || zoom == 0 {
-        return Err(invalid(format!(
-            "heat map needs h, w and zoom > 0 (got h={h}, w={width}, zoom={zoom})"
-        )));
+        return Err(invalid(format!("heat map needs h, w and zoom > 0 (got h={h}, w={width}, zoom={zoom})")));
     }
     if area(&[h, width])? != values.len() {
-        return Err(invalid(format!(
-            "{} values do not form a {h}×{width} map",
-            values.len()
-        )));
+        return Err(invalid(format!("{} values do not form a {h}×{width} map", values.len())));
     }
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         return Err(invalid(format!("heat map value {i} is {}", values[i])));

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod flow;
 pub mod http;
 pub mod image;
+pub mod jobs;
 pub mod metrics;
 pub mod serve;
 pub mod store;

@@ -1,8 +1,8 @@
 //! Every Prometheus metric flowscore exports, declared in one place. The registry is owned by
 //! `Metrics` (not global), so each test or server gets its own.
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -20,17 +20,16 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     pub scored_bits_per_dim: Histogram,
     pub anomalies: IntCounter,
+    pub jobs: IntCounterVec,
+    pub train_epoch: IntGauge,
+    pub train_progress: Gauge,
+    pub train_val_log_likelihood: Gauge,
+    pub swaps: IntCounter,
 }
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
-];
-const BATCH_BUCKETS: &[f64] = &[
-    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
-];
-const BPD_BUCKETS: &[f64] = &[
-    0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0,
-];
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
+const BPD_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0];
 
 impl Metrics {
     pub fn new() -> Metrics {
@@ -38,67 +37,56 @@ impl Metrics {
         let hist = |name: &str, help: &str, buckets: &[f64]| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
                 .expect("valid histogram");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
             h
         };
         let requests = IntCounterVec::new(
-            Opts::new(
-                "flowscore_http_requests_total",
-                "HTTP requests by route, method and status.",
-            ),
+            Opts::new("flowscore_http_requests_total", "HTTP requests by route, method and status."),
             &["route", "method", "status"],
         )
         .expect("valid counter");
         let request_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "flowscore_http_request_duration_seconds",
-                "HTTP request latency by route.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new("flowscore_http_request_duration_seconds", "HTTP request latency by route.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
         )
         .expect("valid histogram");
-        let rows = IntCounterVec::new(
-            Opts::new("flowscore_rows_total", "Rows processed by operation."),
-            &["op"],
-        )
-        .expect("valid counter");
+        let rows = IntCounterVec::new(Opts::new("flowscore_rows_total", "Rows processed by operation."), &["op"])
+            .expect("valid counter");
         let model_info = IntGaugeVec::new(
-            Opts::new(
-                "flowscore_model_info",
-                "The live model (value 1), labelled by name and version.",
-            ),
+            Opts::new("flowscore_model_info", "The live model (value 1), labelled by name and version."),
             &["name", "version"],
         )
         .expect("valid gauge");
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid gauge");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
             g
         };
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid counter");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
             c
+        };
+        let jobs = IntCounterVec::new(
+            Opts::new("flowscore_train_jobs_total", "Finished training jobs by outcome."),
+            &["outcome"],
+        )
+        .expect("valid counter");
+        let fgauge = |name: &str, help: &str| {
+            let g = Gauge::new(name, help).expect("valid gauge");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
         };
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(rows.clone()),
+            Box::new(jobs.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
-        registry
-            .register(Box::new(request_seconds.clone()))
-            .expect("unique metric");
-        registry
-            .register(Box::new(model_info.clone()))
-            .expect("unique metric");
+        registry.register(Box::new(request_seconds.clone())).expect("unique metric");
+        registry.register(Box::new(model_info.clone())).expect("unique metric");
         Metrics {
             requests,
             request_seconds,
@@ -124,6 +112,17 @@ impl Metrics {
                 BPD_BUCKETS,
             ),
             anomalies: counter("flowscore_anomalies_total", "Rows flagged anomalous by /score."),
+            jobs,
+            train_epoch: gauge("flowscore_train_epoch", "Epoch of the running training job (last finished epoch)."),
+            train_progress: fgauge(
+                "flowscore_train_progress_ratio",
+                "Share of the current training epoch done, 0 to 1.",
+            ),
+            train_val_log_likelihood: fgauge(
+                "flowscore_train_val_log_likelihood_nats",
+                "Validation log-likelihood of the training job's last epoch, nats per row.",
+            ),
+            swaps: counter("flowscore_model_swaps_total", "Times a new model was swapped in."),
             registry,
         }
     }

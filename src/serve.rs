@@ -1,7 +1,9 @@
 //! `flowscore serve`: configuration, start-up (load, warm up, bind) and graceful shutdown.
 use crate::engine::{Engine, EngineConfig};
 use crate::http::{self, AppState, Limits};
+use crate::jobs::{Jobs, JobsConfig};
 use crate::metrics::Metrics;
+use crate::store::{ModelId, Registry};
 use anyhow::{Context, Result};
 use std::future::Future;
 use std::path::PathBuf;
@@ -10,9 +12,25 @@ use std::time::Duration;
 /// Every setting is a flag and an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Model folder to serve.
-    #[arg(long, env = "FLOWSCORE_MODEL", default_value = "models/fashion-mnist")]
-    pub model: PathBuf,
+    /// Folder of model versions: `<models-dir>/<name>/<version>/`, plus `live.json`.
+    #[arg(long, env = "FLOWSCORE_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Model to serve: `name`, `name/version` (in the models folder) or a model folder path.
+    /// Default: the live model recorded in `live.json`, else the latest version of the first name.
+    #[arg(long, env = "FLOWSCORE_MODEL")]
+    pub model: Option<String>,
+    /// Folder that training jobs may read data files from.
+    #[arg(long, env = "FLOWSCORE_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Bearer token for the admin routes (/train, activate). Without it they are off.
+    #[arg(long, env = "FLOWSCORE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// libtorch threads of a training job (scoring keeps the rest).
+    #[arg(long, env = "FLOWSCORE_TRAIN_THREADS", default_value_t = 1)]
+    pub train_threads: usize,
+    /// Most rows a training request may upload.
+    #[arg(long, env = "FLOWSCORE_MAX_UPLOAD_ROWS", default_value_t = 100_000)]
+    pub max_upload_rows: usize,
     /// Address to listen on.
     #[arg(long, env = "FLOWSCORE_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
@@ -67,33 +85,45 @@ impl ServeArgs {
             max_rows: self.max_rows,
             max_samples: self.max_samples,
             max_inpaint_steps: self.max_inpaint_steps,
+            max_upload_rows: self.max_upload_rows,
         }
     }
 }
 
 /// Loads the model, binds, serves until `shutdown` resolves, then finishes the requests in
 /// flight and returns.
-pub async fn run(
-    args: ServeArgs,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    tracing::info!(?args, "starting");
+pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    let state = build_state(&args).await?;
+    let listener = tokio::net::TcpListener::bind(&args.bind).await.with_context(|| format!("binding {}", args.bind))?;
+    serve_on(listener, state, shutdown).await
+}
+
+/// Everything but the socket: resolves and loads the model, starts the engine and the jobs.
+pub async fn build_state(args: &ServeArgs) -> Result<AppState> {
+    let mut shown = args.clone();
+    shown.admin_token = shown.admin_token.map(|_| "<redacted>".into());
+    tracing::info!(args = ?shown, "starting");
+    let registry = Registry::new(&args.models_dir);
+    registry.clean_temporaries();
+    let dir = resolve_model(&registry, args.model.as_deref())?;
     let metrics = Metrics::new();
     let engine = {
-        let (dir, config, metrics) = (args.model.clone(), args.engine_config(), metrics.clone());
+        let (dir, config, metrics) = (dir.clone(), args.engine_config(), metrics.clone());
         tokio::task::spawn_blocking(move || Engine::start(&dir, config, metrics)).await??
     };
     let info = engine.info();
     tracing::info!(model = %info.card.name, version = %info.card.version, dir = %info.dir.display(), "model loaded");
-    let state = AppState {
+    let jobs_config = JobsConfig { data_dir: args.data_dir.clone(), threads: args.train_threads };
+    let jobs = Jobs::open(registry.clone(), jobs_config, engine.clone(), metrics.clone())
+        .with_context(|| format!("opening the jobs folder in {}", args.models_dir.display()))?;
+    Ok(AppState {
         engine,
         metrics,
         limits: args.limits(),
-    };
-    let listener = tokio::net::TcpListener::bind(&args.bind)
-        .await
-        .with_context(|| format!("binding {}", args.bind))?;
-    serve_on(listener, state, shutdown).await
+        registry,
+        admin_token: args.admin_token.as_deref().filter(|t| !t.is_empty()).map(Into::into),
+        jobs: Some(jobs),
+    })
 }
 
 /// Serves `state` on an already bound listener until `shutdown`, then drains.
@@ -103,11 +133,39 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The model folder to serve: an explicit path, `name[/version]` in the registry, the recorded
+/// live model, or the latest version of the first model name.
+pub fn resolve_model(registry: &Registry, wanted: Option<&str>) -> Result<PathBuf> {
+    if let Some(w) = wanted {
+        let path = PathBuf::from(w);
+        if path.join(crate::store::CARD_FILE).exists() {
+            return Ok(path);
+        }
+        let id = match w.split_once('/') {
+            Some((name, version)) => ModelId { name: name.into(), version: version.into() },
+            None => registry.latest(w).with_context(|| format!("no model `{w}` in {}", registry.root().display()))?,
+        };
+        let dir = registry.dir(&id)?;
+        anyhow::ensure!(dir.join(crate::store::CARD_FILE).exists(), "no model {id} in {}", registry.root().display());
+        return Ok(dir);
+    }
+    if let Some(id) = registry.live() {
+        let dir = registry.dir(&id)?;
+        if dir.join(crate::store::CARD_FILE).exists() {
+            return Ok(dir);
+        }
+        tracing::warn!(model = %id, "live.json names a model that is not there; using the latest instead");
+    }
+    let (id, _) = registry.list().into_iter().next().with_context(|| {
+        format!("no model found in {} (expected <name>/<version>/card.json)", registry.root().display())
+    })?;
+    let latest = registry.latest(&id.name).unwrap_or(id);
+    Ok(registry.dir(&latest)?)
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -131,4 +189,17 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal received; finishing requests in flight");
+}
+
+impl ServeArgs {
+    /// The settings `flowscore serve` would use with these flags (and the environment).
+    pub fn from_flags(flags: &[&str]) -> Result<ServeArgs, clap::Error> {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        Wrapper::try_parse_from(std::iter::once("serve").chain(flags.iter().copied())).map(|w| w.args)
+    }
 }

@@ -17,9 +17,7 @@ fn prior_log_density(prior: Prior, z: f64) -> f64 {
 /// log p(x) = Σ log p(z) + log|det ∂z/∂x|, with the full D×D Jacobian from autograd in f64.
 fn reference_log_prob(model: &flowscore::store::Model, row: &[f64]) -> f64 {
     let dim = row.len();
-    let x = Tensor::from_slice(row)
-        .view([1, dim as i64])
-        .set_requires_grad(true);
+    let x = Tensor::from_slice(row).view([1, dim as i64]).set_requires_grad(true);
     let (z, _) = model.nice.encode(&x).expect("encode");
     let z = z.squeeze_dim(0);
     let mut jac = Vec::with_capacity(dim * dim);
@@ -29,10 +27,7 @@ fn reference_log_prob(model: &flowscore::store::Model, row: &[f64]) -> f64 {
     }
     let j = Tensor::from_slice(&jac).view([dim as i64, dim as i64]);
     let (_, logabsdet) = j.slogdet();
-    let prior: f64 = to_vec(&z.detach())
-        .iter()
-        .map(|v| prior_log_density(model.nice.spec().prior, *v))
-        .sum();
+    let prior: f64 = to_vec(&z.detach()).iter().map(|v| prior_log_density(model.nice.spec().prior, *v)).sum();
     prior + logabsdet.double_value(&[])
 }
 
@@ -59,29 +54,11 @@ fn log_prob_matches_autograd_jacobian() {
     for dim in [2, 5, 8] {
         for prior in [Prior::Logistic, Prior::Gaussian] {
             let seed = dim as u64 * 10 + prior as u64;
-            check_exact(
-                dim,
-                prior,
-                Preprocess::Identity,
-                random_rows(6, dim, -2.0, 2.0, seed),
-                seed,
-            );
+            check_exact(dim, prior, Preprocess::Identity, random_rows(6, dim, -2.0, 2.0, seed), seed);
             let std = standardize(dim, seed);
-            check_exact(
-                dim,
-                prior,
-                std,
-                random_rows(6, dim, -5.0, 5.0, seed + 1),
-                seed,
-            );
+            check_exact(dim, prior, std, random_rows(6, dim, -5.0, 5.0, seed + 1), seed);
             let logit = Preprocess::Logit { alpha: 0.05 };
-            check_exact(
-                dim,
-                prior,
-                logit,
-                random_rows(6, dim, 0.0, 1.0, seed + 2),
-                seed,
-            );
+            check_exact(dim, prior, logit, random_rows(6, dim, 0.0, 1.0, seed + 2), seed);
         }
     }
 }
@@ -93,16 +70,9 @@ fn batch_equals_rows() {
     let x = random_rows(32, 5, -4.0, 4.0, 9);
     let batch = to_vec(&model.nice.log_prob(&x).unwrap());
     for (i, lp) in batch.iter().enumerate() {
-        let single = model
-            .nice
-            .log_prob(&x.narrow(0, i as i64, 1))
-            .unwrap()
-            .double_value(&[0]);
+        let single = model.nice.log_prob(&x.narrow(0, i as i64, 1)).unwrap().double_value(&[0]);
         // f32 matrix products block differently by batch size: equal to float rounding.
-        assert!(
-            (lp - single).abs() <= 1e-5 * lp.abs().max(1.0),
-            "row {i}: {lp} vs {single}"
-        );
+        assert!((lp - single).abs() <= 1e-5 * lp.abs().max(1.0), "row {i}: {lp} vs {single}");
     }
 }
 
@@ -113,16 +83,11 @@ fn density_of_2d_model_integrates_to_one() {
         let _g = tch::no_grad_guard();
         // Bound the mass with the model's own samples, then integrate well past them.
         let s = model.nice.sample(20_000, seed, 1.0).unwrap();
-        let (lo, hi) = (
-            to_vec(&s.min_dim(0, false).0),
-            to_vec(&s.max_dim(0, false).0),
-        );
+        let (lo, hi) = (to_vec(&s.min_dim(0, false).0), to_vec(&s.max_dim(0, false).0));
         let n = 800usize;
         let mut cells = Vec::with_capacity(n * n * 2);
         let pad: Vec<f64> = (0..2).map(|d| (hi[d] - lo[d]) * 0.75).collect();
-        let step: Vec<f64> = (0..2)
-            .map(|d| (hi[d] - lo[d] + 2.0 * pad[d]) / n as f64)
-            .collect();
+        let step: Vec<f64> = (0..2).map(|d| (hi[d] - lo[d] + 2.0 * pad[d]) / n as f64).collect();
         for i in 0..n {
             for j in 0..n {
                 cells.push((lo[0] - pad[0] + (i as f64 + 0.5) * step[0]) as f32);
@@ -132,10 +97,7 @@ fn density_of_2d_model_integrates_to_one() {
         let grid = Tensor::from_slice(&cells).view([(n * n) as i64, 2]);
         let lp = model.nice.log_prob(&grid).unwrap();
         let mass = lp.exp().sum(Kind::Double).double_value(&[]) * step[0] * step[1];
-        assert!(
-            (mass - 1.0).abs() < 0.01,
-            "{prior:?}: density integrates to {mass}"
-        );
+        assert!((mass - 1.0).abs() < 0.01, "{prior:?}: density integrates to {mass}");
     }
 }
 
@@ -151,64 +113,30 @@ fn encode_decode_round_trips() {
         let x = random_rows(64, 8, lo, hi, 6);
         let (z, _) = model.nice.encode(&x).unwrap();
         let back = model.nice.decode(&z).unwrap();
-        assert!(
-            max_abs_diff(&x, &back) < 1e-4,
-            "decode(encode(x)) drifted by {}",
-            max_abs_diff(&x, &back)
-        );
+        assert!(max_abs_diff(&x, &back) < 1e-4, "decode(encode(x)) drifted by {}", max_abs_diff(&x, &back));
         // Latents where the model puts its mass (near encodings of data): far out in the tails
         // a logit model's inputs saturate at 0 or 1, where f32 cannot represent them exactly.
-        let (z, _) = model
-            .nice
-            .encode(&random_rows(
-                64,
-                8,
-                lo * 0.9 + hi * 0.1,
-                lo * 0.1 + hi * 0.9,
-                7,
-            ))
-            .unwrap();
+        let (z, _) = model.nice.encode(&random_rows(64, 8, lo * 0.9 + hi * 0.1, lo * 0.1 + hi * 0.9, 7)).unwrap();
         let z = z + random_rows(64, 8, -0.05, 0.05, 8);
         let x = model.nice.decode(&z).unwrap();
         let (again, _) = model.nice.encode(&x).unwrap();
-        assert!(
-            max_abs_diff(&z, &again) < 1e-4,
-            "encode(decode(z)) drifted by {}",
-            max_abs_diff(&z, &again)
-        );
+        assert!(max_abs_diff(&z, &again) < 1e-4, "encode(decode(z)) drifted by {}", max_abs_diff(&z, &again));
     }
 }
 
 #[test]
 fn round_trips_on_real_images() {
     let path = std::path::Path::new(FASHION_TEST);
-    assert!(
-        path.exists(),
-        "{FASHION_TEST} missing: run scripts/setup.sh (Debian package dataset-fashion-mnist)"
-    );
-    let data = flowscore::data::load(
-        path,
-        &flowscore::data::LoadOptions {
-            limit: Some(200),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let arch = flowscore::flow::Architecture {
-        dim: 784,
-        couplings: 4,
-        hidden_layers: 2,
-        hidden_units: 64,
-    };
+    assert!(path.exists(), "{FASHION_TEST} missing: run scripts/setup.sh (Debian package dataset-fashion-mnist)");
+    let data =
+        flowscore::data::load(path, &flowscore::data::LoadOptions { limit: Some(200), ..Default::default() }).unwrap();
+    let arch = flowscore::flow::Architecture { dim: 784, couplings: 4, hidden_layers: 2, hidden_units: 64 };
     let card = flowscore::store::ModelCard::new(
         "t",
         arch,
         Prior::Logistic,
         Preprocess::Logit { alpha: 0.05 },
-        flowscore::store::InputSpec {
-            shape: vec![28, 28],
-            eight_bit: true,
-        },
+        flowscore::store::InputSpec { shape: vec![28, 28], eight_bit: true },
     );
     let model = flowscore::store::Model::new(card, tch::Device::Cpu).unwrap();
     randomize(&model, 11, 0.05);
@@ -216,66 +144,35 @@ fn round_trips_on_real_images() {
     let x = Tensor::from_slice(&data.rows).view([200, 784]);
     let (z, _) = model.nice.encode(&x).unwrap();
     let back = model.nice.decode(&z).unwrap();
-    assert!(
-        max_abs_diff(&x, &back) < 1e-4,
-        "real rows drifted by {}",
-        max_abs_diff(&x, &back)
-    );
+    assert!(max_abs_diff(&x, &back) < 1e-4, "real rows drifted by {}", max_abs_diff(&x, &back));
 }
 
 #[test]
 fn sampling_moments_seeds_and_temperature() {
     // A fresh model is the identity map (zero-initialised coupling outputs, s = 0), so its
     // samples are prior draws.
-    for (prior, var) in [
-        (Prior::Logistic, std::f64::consts::PI.powi(2) / 3.0),
-        (Prior::Gaussian, 1.0),
-    ] {
-        let arch = flowscore::flow::Architecture {
-            dim: 4,
-            couplings: 2,
-            hidden_layers: 1,
-            hidden_units: 8,
-        };
+    for (prior, var) in [(Prior::Logistic, std::f64::consts::PI.powi(2) / 3.0), (Prior::Gaussian, 1.0)] {
+        let arch = flowscore::flow::Architecture { dim: 4, couplings: 2, hidden_layers: 1, hidden_units: 8 };
         let card = flowscore::store::ModelCard::new(
             "t",
             arch,
             prior,
             Preprocess::Identity,
-            flowscore::store::InputSpec {
-                shape: vec![4],
-                eight_bit: false,
-            },
+            flowscore::store::InputSpec { shape: vec![4], eight_bit: false },
         );
         let model = flowscore::store::Model::new(card, tch::Device::Cpu).unwrap();
         let _g = tch::no_grad_guard();
-        let s = model
-            .nice
-            .sample(50_000, 42, 1.0)
-            .unwrap()
-            .to_kind(Kind::Double);
+        let s = model.nice.sample(50_000, 42, 1.0).unwrap().to_kind(Kind::Double);
         let mean = s.mean(Kind::Double).double_value(&[]);
         let v = s.var(false).double_value(&[]);
         assert!(mean.abs() < 0.03, "{prior:?} sample mean {mean}");
-        assert!(
-            (v / var - 1.0).abs() < 0.03,
-            "{prior:?} sample variance {v}, expected {var}"
-        );
+        assert!((v / var - 1.0).abs() < 0.03, "{prior:?} sample variance {v}, expected {var}");
         let again = model.nice.sample(50_000, 42, 1.0).unwrap();
-        assert!(
-            s.to_kind(Kind::Float).equal(&again),
-            "same seed gave different samples"
-        );
+        assert!(s.to_kind(Kind::Float).equal(&again), "same seed gave different samples");
         let other = model.nice.sample(50_000, 43, 1.0).unwrap();
-        assert!(
-            !s.to_kind(Kind::Float).equal(&other),
-            "different seeds gave the same samples"
-        );
+        assert!(!s.to_kind(Kind::Float).equal(&other), "different seeds gave the same samples");
         let cold = model.nice.sample(50_000, 42, 0.5).unwrap();
-        assert!(
-            max_abs_diff(&(s.to_kind(Kind::Float) * 0.5), &cold) < 1e-6,
-            "temperature must scale z"
-        );
+        assert!(max_abs_diff(&(s.to_kind(Kind::Float) * 0.5), &cold) < 1e-6, "temperature must scale z");
     }
 }
 
@@ -284,45 +181,18 @@ fn inpaint_keeps_observed_and_raises_log_prob() {
     let model = random_model(8, Prior::Gaussian, Preprocess::Logit { alpha: 0.05 }, 8);
     let _g = tch::no_grad_guard();
     let x = random_rows(16, 8, 0.0, 1.0, 12);
-    let mask: Vec<f32> = (0..16 * 8)
-        .map(|i| if i % 8 < 3 { 1.0 } else { 0.0 })
-        .collect();
+    let mask: Vec<f32> = (0..16 * 8).map(|i| if i % 8 < 3 { 1.0 } else { 0.0 }).collect();
     let mask = Tensor::from_slice(&mask).view([16, 8]);
-    let opts = flowscore::flow::InpaintOptions {
-        steps: 200,
-        step_size: 1e-2,
-        noise: 0.0,
-        seed: 1,
-    };
+    let opts = flowscore::flow::InpaintOptions { steps: 200, step_size: 1e-2, noise: 0.0, seed: 1 };
     let out = model.nice.inpaint(&x, &mask, &opts).unwrap();
     let observed = 1.0 - &mask;
-    assert_eq!(
-        max_abs_diff(&(&out * &observed), &(&x * &observed)),
-        0.0,
-        "observed values changed"
-    );
-    assert!(
-        to_vec(&out).iter().all(|v| (0.0..=1.0).contains(v)),
-        "left the [0, 1] domain"
-    );
+    assert_eq!(max_abs_diff(&(&out * &observed), &(&x * &observed)), 0.0, "observed values changed");
+    assert!(to_vec(&out).iter().all(|v| (0.0..=1.0).contains(v)), "left the [0, 1] domain");
     // Compared with the seeded start, the completion has a higher density.
-    let start = model
-        .nice
-        .inpaint(
-            &x,
-            &mask,
-            &flowscore::flow::InpaintOptions { steps: 0, ..opts },
-        )
-        .unwrap();
-    let (before, after) = (
-        model.nice.log_prob(&start).unwrap(),
-        model.nice.log_prob(&out).unwrap(),
-    );
+    let start = model.nice.inpaint(&x, &mask, &flowscore::flow::InpaintOptions { steps: 0, ..opts }).unwrap();
+    let (before, after) = (model.nice.log_prob(&start).unwrap(), model.nice.log_prob(&out).unwrap());
     let gained = (after - before).mean(Kind::Double).double_value(&[]);
     assert!(gained > 0.0, "inpainting lowered log p by {gained}");
     let again = model.nice.inpaint(&x, &mask, &opts).unwrap();
-    assert!(
-        out.equal(&again),
-        "inpainting is not deterministic for a seed"
-    );
+    assert!(out.equal(&again), "inpainting is not deterministic for a seed");
 }

@@ -23,47 +23,27 @@ async fn start(dir: &Path, config: EngineConfig) -> Server {
     let metrics = Metrics::new();
     let engine = {
         let (dir, metrics) = (dir.to_path_buf(), metrics.clone());
-        tokio::task::spawn_blocking(move || Engine::start(&dir, config, metrics))
-            .await
-            .unwrap()
-            .unwrap()
+        tokio::task::spawn_blocking(move || Engine::start(&dir, config, metrics)).await.unwrap().unwrap()
     };
-    let state = AppState {
-        engine,
-        metrics: metrics.clone(),
-        limits: Limits::default(),
-    };
+    let state = AppState::new(engine, metrics.clone(), Limits::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(flowscore::serve::serve_on(listener, state, async {
         let _ = stopped.await;
     }));
-    Server {
-        addr,
-        stop: Some(stop),
-        task,
-        metrics,
-    }
+    Server { addr, stop: Some(stop), task, metrics }
 }
 
 fn model_dir(tmp: &Path, dim: usize, units: usize) -> std::path::PathBuf {
     let dir = tmp.join("model");
-    let arch = flowscore::flow::Architecture {
-        dim,
-        couplings: 4,
-        hidden_layers: 2,
-        hidden_units: units,
-    };
+    let arch = flowscore::flow::Architecture { dim, couplings: 4, hidden_layers: 2, hidden_units: units };
     let card = flowscore::store::ModelCard::new(
         "served",
         arch,
         Prior::Logistic,
         Preprocess::Logit { alpha: 0.05 },
-        flowscore::store::InputSpec {
-            shape: vec![dim],
-            eight_bit: false,
-        },
+        flowscore::store::InputSpec { shape: vec![dim], eight_bit: false },
     );
     let mut model = flowscore::store::Model::new(card, tch::Device::Cpu).unwrap();
     randomize(&model, 3, 0.05);
@@ -111,14 +91,7 @@ async fn concurrent_clients_get_exactly_their_own_rows() {
                 let r = client.post(&url).json(&body).send().await.unwrap();
                 assert_eq!(r.status(), 200);
                 let v: serde_json::Value = r.json().await.unwrap();
-                got.push(
-                    v["log_prob"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|x| x.as_f64().unwrap())
-                        .collect::<Vec<_>>(),
-                );
+                got.push(v["log_prob"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>());
             }
             got
         }));
@@ -128,20 +101,14 @@ async fn concurrent_clients_get_exactly_their_own_rows() {
         for (r, (g, e)) in got.iter().zip(&expected[c]).enumerate() {
             assert_eq!(g.len(), e.len(), "client {c} request {r}: row count");
             for (a, b) in g.iter().zip(e) {
-                assert!(
-                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
-                    "client {c} request {r}: {a} vs {b}"
-                );
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "client {c} request {r}: {a} vs {b}");
             }
         }
     }
     // Requests really were merged: fewer forward passes than requests.
     let text = server.metrics.render();
     let batches = metric(&text, "flowscore_batch_rows_count");
-    assert!(
-        batches < 256.0,
-        "{batches} forward passes for 256 concurrent requests: no batching happened"
-    );
+    assert!(batches < 256.0, "{batches} forward passes for 256 concurrent requests: no batching happened");
     assert_eq!(
         metric(&text, "flowscore_rows_total{op=\"log_prob\"}"),
         expected.iter().flatten().map(|e| e.len()).sum::<usize>() as f64
@@ -158,10 +125,7 @@ fn inpaint_body(dim: usize, steps: usize) -> serde_json::Value {
 async fn overfull_queue_answers_503_at_once_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = model_dir(tmp.path(), 64, 256);
-    let config = EngineConfig {
-        queue_depth: 1,
-        ..EngineConfig::default()
-    };
+    let config = EngineConfig { queue_depth: 1, ..EngineConfig::default() };
     let server = start(&dir, config).await;
     let client = reqwest::Client::new();
     let url = format!("http://{}/inpaint", server.addr);
@@ -171,10 +135,7 @@ async fn overfull_queue_answers_503_at_once_and_recovers() {
             let (client, url, body) = (client.clone(), url.clone(), body.clone());
             tokio::spawn(async move {
                 let r = client.post(&url).json(&body).send().await.unwrap();
-                let retry = r
-                    .headers()
-                    .get("retry-after")
-                    .map(|v| v.to_str().unwrap().to_string());
+                let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
                 (r.status().as_u16(), retry, r.text().await.unwrap())
             })
         })
@@ -192,22 +153,11 @@ async fn overfull_queue_answers_503_at_once_and_recovers() {
             s => panic!("unexpected status {s}: {text}"),
         }
     }
-    assert!(
-        rejected > 0,
-        "12 slow requests against a queue of 1: none was refused"
-    );
-    assert_eq!(
-        metric(&server.metrics.render(), "flowscore_rejected_total"),
-        rejected as f64
-    );
+    assert!(rejected > 0, "12 slow requests against a queue of 1: none was refused");
+    assert_eq!(metric(&server.metrics.render(), "flowscore_rejected_total"), rejected as f64);
     // Still healthy afterwards.
     let x = random_rows(2, 64, 0.0, 1.0, 1);
-    let r = client
-        .post(format!("http://{}/log_prob", server.addr))
-        .json(&rows_json(&x))
-        .send()
-        .await
-        .unwrap();
+    let r = client.post(format!("http://{}/log_prob", server.addr)).json(&rows_json(&x)).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -215,18 +165,10 @@ async fn overfull_queue_answers_503_at_once_and_recovers() {
 async fn slow_requests_time_out_with_503() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = model_dir(tmp.path(), 64, 256);
-    let config = EngineConfig {
-        request_timeout: Duration::from_millis(20),
-        ..EngineConfig::default()
-    };
+    let config = EngineConfig { request_timeout: Duration::from_millis(20), ..EngineConfig::default() };
     let server = start(&dir, config).await;
     let client = reqwest::Client::new();
-    let r = client
-        .post(format!("http://{}/inpaint", server.addr))
-        .json(&inpaint_body(64, 2000))
-        .send()
-        .await
-        .unwrap();
+    let r = client.post(format!("http://{}/inpaint", server.addr)).json(&inpaint_body(64, 2000)).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("timed out"));
 }
@@ -241,42 +183,20 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
     let in_flight = tokio::spawn({
         let client = client.clone();
         async move {
-            let r = client
-                .post(&url)
-                .json(&inpaint_body(64, 400))
-                .send()
-                .await
-                .unwrap();
-            (
-                r.status().as_u16(),
-                r.json::<serde_json::Value>().await.unwrap(),
-            )
+            let r = client.post(&url).json(&inpaint_body(64, 400)).send().await.unwrap();
+            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
         }
     });
     // Let the request reach the engine, then ask the server to stop.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        metric(
-            &server.metrics.render(),
-            "flowscore_http_requests_in_flight"
-        ),
-        1.0
-    );
+    assert_eq!(metric(&server.metrics.render(), "flowscore_http_requests_in_flight"), 1.0);
     server.stop.take().unwrap().send(()).unwrap();
     let (status, body) = in_flight.await.unwrap();
     assert_eq!(status, 200, "the in-flight request was dropped: {body}");
     assert_eq!(body["outputs"].as_array().unwrap().len(), 64);
-    tokio::time::timeout(Duration::from_secs(10), server.task)
-        .await
-        .expect("server did not stop")
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server.task).await.expect("server did not stop").unwrap().unwrap();
     // New connections are refused once it has stopped.
-    assert!(client
-        .get(format!("http://{}/health", server.addr))
-        .send()
-        .await
-        .is_err());
+    assert!(client.get(format!("http://{}/health", server.addr)).send().await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -288,22 +208,10 @@ async fn metrics_pass_promtool() {
     let base = format!("http://{}", server.addr);
     let x = random_rows(3, 16, 0.0, 1.0, 1);
     for _ in 0..3 {
-        client
-            .post(format!("{base}/log_prob"))
-            .json(&rows_json(&x))
-            .send()
-            .await
-            .unwrap();
+        client.post(format!("{base}/log_prob")).json(&rows_json(&x)).send().await.unwrap();
     }
     client.get(format!("{base}/nope")).send().await.unwrap();
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     for name in [
         "flowscore_http_requests_total{method=\"POST\",route=\"/log_prob\",status=\"200\"} 3",
         "flowscore_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"} 1",
@@ -320,8 +228,7 @@ async fn metrics_pass_promtool() {
     ] {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
     }
-    let promtool = which("promtool")
-        .expect("promtool missing: scripts/setup.sh installs Debian's prometheus package");
+    let promtool = which("promtool").expect("promtool missing: scripts/setup.sh installs Debian's prometheus package");
     let mut child = std::process::Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -330,28 +237,12 @@ async fn metrics_pass_promtool() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics: {report}"
-    );
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics: {report}");
 }
 
 fn which(cmd: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(cmd))
-        .find(|p| p.exists())
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(cmd)).find(|p| p.exists())
 }

@@ -8,11 +8,7 @@ use std::process::Command;
 
 fn python() -> &'static Path {
     let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python"));
-    assert!(
-        p.exists(),
-        "{} missing: run scripts/setup-python.sh (the test command does)",
-        p.display()
-    );
+    assert!(p.exists(), "{} missing: run scripts/setup-python.sh (the test command does)", p.display());
     p
 }
 
@@ -37,23 +33,11 @@ fn python_loader_agrees_with_rust() {
         let output = tmp.path().join("lp.npy");
         flowscore::data::write_npy(&input, &rows, 100, 7).unwrap();
         let out = Command::new(python())
-            .args([
-                script,
-                dir.to_str().unwrap(),
-                input.to_str().unwrap(),
-                output.to_str().unwrap(),
-            ])
+            .args([script, dir.to_str().unwrap(), input.to_str().unwrap(), output.to_str().unwrap()])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "python loader failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let py = npyz::NpyFile::new(&std::fs::read(&output).unwrap()[..])
-            .unwrap()
-            .into_vec::<f64>()
-            .unwrap();
+        assert!(out.status.success(), "python loader failed: {}", String::from_utf8_lossy(&out.stderr));
+        let py = npyz::NpyFile::new(&std::fs::read(&output).unwrap()[..]).unwrap().into_vec::<f64>().unwrap();
         let _g = tch::no_grad_guard();
         let rust = to_vec(&model.nice.log_prob(&x).unwrap());
         assert_eq!(py.len(), rust.len());

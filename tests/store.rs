@@ -12,10 +12,7 @@ fn saved_model(dir: &Path) -> Tensor {
     let mut model = random_model(6, Prior::Logistic, standardize(6, 1), 1);
     store::save(&mut model, dir, false).expect("save");
     let _g = tch::no_grad_guard();
-    model
-        .nice
-        .log_prob(&random_rows(50, 6, -5.0, 5.0, 2))
-        .unwrap()
+    model.nice.log_prob(&random_rows(50, 6, -5.0, 5.0, 2)).unwrap()
 }
 
 fn load_err(dir: &Path) -> String {
@@ -38,8 +35,7 @@ fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) {
 
 fn edit_card(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join(store::CARD_FILE);
-    let mut card: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     edit(&mut card);
     std::fs::write(&path, serde_json::to_string(&card).unwrap()).unwrap();
 }
@@ -51,21 +47,11 @@ fn round_trip_is_bit_identical() {
     let before = saved_model(&dir);
     let loaded = store::load(&dir, Device::Cpu).unwrap();
     let _g = tch::no_grad_guard();
-    let after = loaded
-        .nice
-        .log_prob(&random_rows(50, 6, -5.0, 5.0, 2))
-        .unwrap();
+    let after = loaded.nice.log_prob(&random_rows(50, 6, -5.0, 5.0, 2)).unwrap();
     assert!(before.equal(&after), "log_prob changed across save/load");
-    assert_eq!(
-        loaded.card.preprocess,
-        standardize(6, 1),
-        "preprocessing parameters must round-trip exactly"
-    );
+    assert_eq!(loaded.card.preprocess, standardize(6, 1), "preprocessing parameters must round-trip exactly");
     // No temporary folders are left beside it.
-    let names: Vec<_> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, vec![std::ffi::OsString::from("m")]);
 }
 
@@ -75,15 +61,9 @@ fn save_refuses_to_overwrite_unless_asked() {
     let dir = tmp.path().join("m");
     let _ = saved_model(&dir);
     let mut other = random_model(6, Prior::Gaussian, Preprocess::Identity, 9);
-    assert!(matches!(
-        store::save(&mut other, &dir, false),
-        Err(StoreError::Exists(_))
-    ));
+    assert!(matches!(store::save(&mut other, &dir, false), Err(StoreError::Exists(_))));
     store::save(&mut other, &dir, true).unwrap();
-    assert_eq!(
-        store::load(&dir, Device::Cpu).unwrap().card.prior,
-        Prior::Gaussian
-    );
+    assert_eq!(store::load(&dir, Device::Cpu).unwrap().card.prior, Prior::Gaussian);
 }
 
 type Corruption = (&'static str, fn(&Path), &'static str);
@@ -91,31 +71,11 @@ type Corruption = (&'static str, fn(&Path), &'static str);
 #[test]
 fn corrupt_folders_are_refused_with_a_reason() {
     let cases: Vec<Corruption> = vec![
-        (
-            "missing card",
-            |d| std::fs::remove_file(d.join("card.json")).unwrap(),
-            "card.json",
-        ),
-        (
-            "card not JSON",
-            |d| std::fs::write(d.join("card.json"), "{not json").unwrap(),
-            "not a valid model card",
-        ),
-        (
-            "future format",
-            |d| edit_card(d, |c| c["format_version"] = 99.into()),
-            "format_version 99",
-        ),
-        (
-            "unknown prior",
-            |d| edit_card(d, |c| c["prior"] = "cauchy".into()),
-            "cauchy",
-        ),
-        (
-            "missing weights",
-            |d| std::fs::remove_file(d.join("model.safetensors")).unwrap(),
-            "model.safetensors",
-        ),
+        ("missing card", |d| std::fs::remove_file(d.join("card.json")).unwrap(), "card.json"),
+        ("card not JSON", |d| std::fs::write(d.join("card.json"), "{not json").unwrap(), "not a valid model card"),
+        ("future format", |d| edit_card(d, |c| c["format_version"] = 99.into()), "format_version 99"),
+        ("unknown prior", |d| edit_card(d, |c| c["prior"] = "cauchy".into()), "cauchy"),
+        ("missing weights", |d| std::fs::remove_file(d.join("model.safetensors")).unwrap(), "model.safetensors"),
         (
             "truncated weights",
             |d| {
@@ -136,36 +96,13 @@ fn corrupt_folders_are_refused_with_a_reason() {
             },
             "corrupt or truncated",
         ),
-        (
-            "architecture mismatch",
-            |d| edit_card(d, |c| c["architecture"]["hidden_units"] = 17.into()),
-            "shape",
-        ),
-        (
-            "dim vs input shape",
-            |d| edit_card(d, |c| c["input"]["shape"] = serde_json::json!([7])),
-            "input.shape",
-        ),
-        (
-            "bad standardize std",
-            |d| edit_card(d, |c| c["preprocess"]["std"][0] = (-1.0).into()),
-            "std[0]",
-        ),
-        (
-            "missing tensor",
-            |d| rewrite_weights(d, |t| t.retain(|(n, _)| n != "scale")),
-            "`scale` is missing",
-        ),
+        ("architecture mismatch", |d| edit_card(d, |c| c["architecture"]["hidden_units"] = 17.into()), "shape"),
+        ("dim vs input shape", |d| edit_card(d, |c| c["input"]["shape"] = serde_json::json!([7])), "input.shape"),
+        ("bad standardize std", |d| edit_card(d, |c| c["preprocess"]["std"][0] = (-1.0).into()), "std[0]"),
+        ("missing tensor", |d| rewrite_weights(d, |t| t.retain(|(n, _)| n != "scale")), "`scale` is missing"),
         (
             "extra tensor",
-            |d| {
-                rewrite_weights(d, |t| {
-                    t.push((
-                        "extra".into(),
-                        Tensor::zeros([3], (tch::Kind::Float, Device::Cpu)),
-                    ))
-                })
-            },
+            |d| rewrite_weights(d, |t| t.push(("extra".into(), Tensor::zeros([3], (tch::Kind::Float, Device::Cpu))))),
             "`extra` is not part",
         ),
         (
@@ -214,9 +151,6 @@ fn corrupt_folders_are_refused_with_a_reason() {
         let _ = saved_model(&dir);
         corrupt(&dir);
         let msg = load_err(&dir);
-        assert!(
-            msg.contains(expected),
-            "{what}: error {msg:?} should mention {expected:?}"
-        );
+        assert!(msg.contains(expected), "{what}: error {msg:?} should mention {expected:?}");
     }
 }

@@ -16,10 +16,7 @@ fn mixture(n: usize, seed: u64) -> Dataset {
     let mut rows = Vec::with_capacity(n * 2);
     for _ in 0..n {
         let (cx, cy) = centres[rng.gen_range(0..3)];
-        let (a, b): (f64, f64) = (
-            rng.sample(rand_distr::StandardNormal),
-            rng.sample(rand_distr::StandardNormal),
-        );
+        let (a, b): (f64, f64) = (rng.sample(rand_distr::StandardNormal), rng.sample(rand_distr::StandardNormal));
         rows.push((cx + 0.5 * a) as f32);
         rows.push((cy + 0.5 * b) as f32);
     }
@@ -74,10 +71,7 @@ fn learns_a_mixture_better_than_a_gaussian() {
     let summary = model.card.training.clone().unwrap();
     let nice_ll = summary.test_log_likelihood.unwrap();
     let gauss_ll = gaussian_baseline(&tr, &test);
-    assert!(
-        nice_ll > gauss_ll + 0.3,
-        "NICE {nice_ll:.3} nats vs single Gaussian {gauss_ll:.3}"
-    );
+    assert!(nice_ll > gauss_ll + 0.3, "NICE {nice_ll:.3} nats vs single Gaussian {gauss_ll:.3}");
     // The card describes the run.
     assert_eq!(summary.train_rows, tr.n);
     assert!(summary.best_epoch >= 1 && summary.best_epoch <= summary.epochs);
@@ -90,17 +84,11 @@ fn learns_a_mixture_better_than_a_gaussian() {
 fn same_seed_same_model() {
     let all = mixture(600, 3);
     let (tr, val) = all.split(0.2, 0);
-    let cfg = TrainConfig {
-        epochs: 3,
-        ..small_config()
-    };
+    let cfg = TrainConfig { epochs: 3, ..small_config() };
     let a = train::train(&cfg, &tr, &val, None, &mut train::Quiet).unwrap();
     let b = train::train(&cfg, &tr, &val, None, &mut train::Quiet).unwrap();
     for (name, t) in a.named_tensors() {
-        assert!(
-            t.equal(&b.named_tensors()[&name]),
-            "{name} differs between runs with the same seed"
-        );
+        assert!(t.equal(&b.named_tensors()[&name]), "{name} differs between runs with the same seed");
     }
 }
 
@@ -108,21 +96,10 @@ fn same_seed_same_model() {
 fn rejects_bad_configs_and_data() {
     let all = mixture(100, 4);
     let (tr, val) = all.split(0.2, 0);
-    let bad = TrainConfig {
-        lr: -1.0,
-        ..small_config()
-    };
-    assert!(train::train(&bad, &tr, &val, None, &mut train::Quiet)
-        .unwrap_err()
-        .to_string()
-        .contains("lr"));
-    let logit = TrainConfig {
-        preprocess: PreprocessChoice::Logit,
-        ..small_config()
-    };
-    let err = train::train(&logit, &tr, &val, None, &mut train::Quiet)
-        .unwrap_err()
-        .to_string();
+    let bad = TrainConfig { lr: -1.0, ..small_config() };
+    assert!(train::train(&bad, &tr, &val, None, &mut train::Quiet).unwrap_err().to_string().contains("lr"));
+    let logit = TrainConfig { preprocess: PreprocessChoice::Logit, ..small_config() };
+    let err = train::train(&logit, &tr, &val, None, &mut train::Quiet).unwrap_err().to_string();
     assert!(err.contains("[0, 1]"), "{err}");
 }
 
@@ -133,12 +110,7 @@ fn cli_train_eval_sample_inspect() {
     let data = mixture(1500, 5);
     let mut text = String::from("id,x,y,label\n");
     for i in 0..data.n {
-        text += &format!(
-            "{i},{},{},{}\n",
-            data.row(i)[0],
-            data.row(i)[1],
-            i % 10 == 0
-        );
+        text += &format!("{i},{},{},{}\n", data.row(i)[0], data.row(i)[1], i % 10 == 0);
     }
     // Labels as integers: 1 = anomaly (every tenth row, shifted far away).
     let text = text.replace(",true\n", ",1\n").replace(",false\n", ",0\n");
@@ -147,11 +119,7 @@ fn cli_train_eval_sample_inspect() {
     let bin = env!("CARGO_BIN_EXE_flowscore");
     let run = |args: &[&str]| {
         let out = Command::new(bin).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let out = run(&[
@@ -192,29 +160,13 @@ fn cli_train_eval_sample_inspect() {
     let auroc = report["auroc"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&auroc));
     let npy = tmp.path().join("s.npy");
-    run(&[
-        "sample",
-        "--model",
-        model.to_str().unwrap(),
-        "-n",
-        "10",
-        "--seed",
-        "3",
-        "--out",
-        npy.to_str().unwrap(),
-    ]);
+    run(&["sample", "--model", model.to_str().unwrap(), "-n", "10", "--seed", "3", "--out", npy.to_str().unwrap()]);
     let s = flowscore::data::load(&npy, &Default::default()).unwrap();
     assert_eq!((s.n, s.dim), (10, 2));
     let inspect = run(&["inspect", "--model", model.to_str().unwrap()]);
-    assert!(
-        inspect.contains("scaling spectrum: 2 log-scales"),
-        "{inspect}"
-    );
+    assert!(inspect.contains("scaling spectrum: 2 log-scales"), "{inspect}");
     // A clear error, not a crash, for a model folder that is not there.
-    let out = Command::new(bin)
-        .args(["inspect", "--model", "/nonexistent"])
-        .output()
-        .unwrap();
+    let out = Command::new(bin).args(["inspect", "--model", "/nonexistent"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/card.json"));
 }

@@ -12,20 +12,10 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "flowscore",
-    version,
-    about = "Exact density scoring with NICE normalizing flows"
-)]
+#[command(name = "flowscore", version, about = "Exact density scoring with NICE normalizing flows")]
 pub struct Cli {
     /// Log format.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        env = "FLOWSCORE_LOG_FORMAT",
-        default_value = "text"
-    )]
+    #[arg(long, global = true, value_enum, env = "FLOWSCORE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
     /// libtorch intra-op threads (default: libtorch's choice, one per core).
     #[arg(long, global = true, env = "FLOWSCORE_THREADS")]
@@ -160,9 +150,7 @@ pub struct InspectArgs {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWSCORE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -199,11 +187,7 @@ fn init_cmd(a: InitArgs) -> Result<()> {
             bail!("standardize is fitted on data: use `flowscore train`")
         }
     };
-    let shape = if a.shape.is_empty() {
-        vec![a.dim]
-    } else {
-        a.shape.clone()
-    };
+    let shape = if a.shape.is_empty() { vec![a.dim] } else { a.shape.clone() };
     let eight_bit = shape.len() == 2;
     let arch = Architecture {
         dim: a.dim,
@@ -211,13 +195,7 @@ fn init_cmd(a: InitArgs) -> Result<()> {
         hidden_layers: a.hidden_layers,
         hidden_units: a.hidden_units,
     };
-    let card = store::ModelCard::new(
-        "random",
-        arch,
-        a.prior,
-        preprocess,
-        store::InputSpec { shape, eight_bit },
-    );
+    let card = store::ModelCard::new("random", arch, a.prior, preprocess, store::InputSpec { shape, eight_bit });
     tch::manual_seed(a.seed as i64);
     let mut model = Model::new(card, Device::Cpu)?;
     let _ = store::ModelCard::from_json(&serde_json::to_string(&model.card)?, &a.out)?;
@@ -226,12 +204,7 @@ fn init_cmd(a: InitArgs) -> Result<()> {
     Ok(())
 }
 
-fn load_data(
-    path: &Path,
-    args: &DataArgs,
-    labels: Option<PathBuf>,
-    label_column: Option<String>,
-) -> Result<Dataset> {
+fn load_data(path: &Path, args: &DataArgs, labels: Option<PathBuf>, label_column: Option<String>) -> Result<Dataset> {
     let opts = LoadOptions {
         exclude_columns: args.exclude_columns.clone(),
         label_column,
@@ -243,19 +216,13 @@ fn load_data(
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
     if a.out.exists() && !a.force {
-        bail!(
-            "{} already exists (use --force to replace it)",
-            a.out.display()
-        );
+        bail!("{} already exists (use --force to replace it)", a.out.display());
     }
     let all = load_data(&a.data, &a.data_args, None, None)?;
     let test = match &a.test {
         Some(p) => Some(load_data(
             p,
-            &DataArgs {
-                exclude_columns: a.data_args.exclude_columns.clone(),
-                limit: None,
-            },
+            &DataArgs { exclude_columns: a.data_args.exclude_columns.clone(), limit: None },
             None,
             None,
         )?),
@@ -267,20 +234,10 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         test_rows = test.as_ref().map(|t| t.n), "training"
     );
     let mut progress = progress::Progress::new(all.eight_bit, all.dim);
-    let mut model = train::train(
-        &a.config,
-        &train_set,
-        &val_set,
-        test.as_ref(),
-        &mut progress,
-    )?;
+    let mut model = train::train(&a.config, &train_set, &val_set, test.as_ref(), &mut progress)?;
     drop(progress);
     store::save(&mut model, &a.out, a.force)?;
-    let t = model
-        .card
-        .training
-        .as_ref()
-        .context("training summary missing")?;
+    let t = model.card.training.as_ref().context("training summary missing")?;
     println!(
         "saved {} (best epoch {} of {}, {:.0} s): val {:.2} nats ({:.4} bits/dim){}",
         a.out.display(),
@@ -304,26 +261,13 @@ fn load_model(dir: &Path) -> Result<Model> {
 
 fn eval_cmd(a: EvalArgs) -> Result<()> {
     let model = load_model(&a.model)?;
-    let data = load_data(
-        &a.data,
-        &a.data_args,
-        a.labels.clone(),
-        a.label_column.clone(),
-    )?;
+    let data = load_data(&a.data, &a.data_args, a.labels.clone(), a.label_column.clone())?;
     let dim = model.nice.dim();
     if data.dim != dim {
-        bail!(
-            "{} has {} columns, the model expects {dim}",
-            data.source,
-            data.dim
-        );
+        bail!("{} has {} columns, the model expects {dim}", data.source, data.dim);
     }
     if let Some((lo, hi)) = model.card.preprocess.domain() {
-        if let Some(i) = data
-            .rows
-            .iter()
-            .position(|v| !(lo..=hi).contains(&(*v as f64)))
-        {
+        if let Some(i) = data.rows.iter().position(|v| !(lo..=hi).contains(&(*v as f64))) {
             bail!(
                 "{}: row {} column {} is outside the model's input range [{lo}, {hi}]",
                 data.source,
@@ -342,13 +286,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     if let Some(labels) = &data.labels {
         let positive: Vec<bool> = labels
             .iter()
-            .map(|l| {
-                if a.anomaly_labels.is_empty() {
-                    *l != 0
-                } else {
-                    a.anomaly_labels.contains(l)
-                }
-            })
+            .map(|l| if a.anomaly_labels.is_empty() { *l != 0 } else { a.anomaly_labels.contains(l) })
             .collect();
         let scores: Vec<f64> = lp.iter().map(|v| -v).collect();
         report["anomalies"] = positive.iter().filter(|p| **p).count().into();
@@ -373,12 +311,8 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     match a.out.extension().and_then(|e| e.to_str()) {
         Some("npy") => data::write_npy(&a.out, &rows, a.n, dim)?,
         Some("png") => {
-            let [h, w] = model
-                .card
-                .image_shape()
-                .context("PNG output needs an image model (input.shape [h, w])")?;
-            let file =
-                std::fs::File::create(&a.out).with_context(|| a.out.display().to_string())?;
+            let [h, w] = model.card.image_shape().context("PNG output needs an image model (input.shape [h, w])")?;
+            let file = std::fs::File::create(&a.out).with_context(|| a.out.display().to_string())?;
             let cols = (a.n as f64).sqrt().ceil() as usize;
             crate::image::write_png_grid(std::io::BufWriter::new(file), &rows, a.n, h, w, cols)?;
         }
@@ -408,25 +342,11 @@ fn inspect_cmd(a: InspectArgs) -> Result<()> {
     // Large s = a direction the model stretches = one that matters little (like a small PCA
     // eigenvalue); the paper reads the spectrum of exp(-s) as the spread of each latent.
     let show: Vec<String> = sorted.iter().take(10).map(|s| format!("{s:.3}")).collect();
-    let tail: Vec<String> = sorted
-        .iter()
-        .rev()
-        .take(10)
-        .rev()
-        .map(|s| format!("{s:.3}"))
-        .collect();
-    writeln!(
-        out,
-        "scaling spectrum: {} log-scales s_d, sorted descending",
-        sorted.len()
-    )?;
+    let tail: Vec<String> = sorted.iter().rev().take(10).rev().map(|s| format!("{s:.3}")).collect();
+    writeln!(out, "scaling spectrum: {} log-scales s_d, sorted descending", sorted.len())?;
     writeln!(out, "  largest  : {}", show.join(" "))?;
     writeln!(out, "  smallest : {}", tail.join(" "))?;
-    writeln!(
-        out,
-        "  sum      : {:.3} (log|det| of the scaling layer)",
-        sorted.iter().sum::<f64>()
-    )?;
+    writeln!(out, "  sum      : {:.3} (log|det| of the scaling layer)", sorted.iter().sum::<f64>())?;
     if let Some(path) = &a.spectrum_png {
         let file = std::fs::File::create(path).with_context(|| path.display().to_string())?;
         crate::image::write_png_series(std::io::BufWriter::new(file), &sorted)?;
@@ -434,9 +354,7 @@ fn inspect_cmd(a: InspectArgs) -> Result<()> {
         if let Some([h, w]) = model.card.image_shape() {
             let map = path.with_file_name(format!(
                 "{}-map.png",
-                path.file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default()
+                path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
             ));
             let file = std::fs::File::create(&map).with_context(|| map.display().to_string())?;
             crate::image::write_png_heatmap(std::io::BufWriter::new(file), &scales, h, w, 8)?;

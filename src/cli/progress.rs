@@ -14,18 +14,12 @@ impl Progress {
     pub fn new(eight_bit: bool, dim: usize) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(0);
-            if let Ok(style) =
-                ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} batches {msg}")
-            {
+            if let Ok(style) = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} batches {msg}") {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar
         });
-        Progress {
-            bar,
-            eight_bit,
-            dim,
-        }
+        Progress { bar, eight_bit, dim }
     }
 }
 

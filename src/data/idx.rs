@@ -56,26 +56,18 @@ fn read_idx(path: &Path) -> Result<Idx, DataError> {
     if bytes[0] != 0 || bytes[1] != 0 {
         return Err(DataError::invalid(
             &shown,
-            format!(
-                "bad IDX magic 0x{magic:08x} (expected 0x00000803 for images or 0x00000801 for labels)"
-            ),
+            format!("bad IDX magic 0x{magic:08x} (expected 0x00000803 for images or 0x00000801 for labels)"),
         ));
     }
     if bytes[2] != TYPE_U8 {
         return Err(DataError::invalid(
             &shown,
-            format!(
-                "IDX element type 0x{:02x} is not supported (only unsigned bytes, 0x08)",
-                bytes[2]
-            ),
+            format!("IDX element type 0x{:02x} is not supported (only unsigned bytes, 0x08)", bytes[2]),
         ));
     }
     let ndim = bytes[3] as usize;
     if ndim == 0 {
-        return Err(DataError::invalid(
-            &shown,
-            "IDX header declares 0 dimensions",
-        ));
+        return Err(DataError::invalid(&shown, "IDX header declares 0 dimensions"));
     }
     let offset = 4 + 4 * ndim;
     if bytes.len() < offset {
@@ -86,22 +78,14 @@ fn read_idx(path: &Path) -> Result<Idx, DataError> {
             actual: bytes.len() as u64,
         });
     }
-    let dims: Vec<usize> = bytes[4..offset]
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .collect();
+    let dims: Vec<usize> =
+        bytes[4..offset].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
     // u64 arithmetic: the product of up to 255 u32 sizes can overflow anything, so check it.
-    let expected = dims
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-        .and_then(|p| p.checked_add(offset as u64));
+    let expected =
+        dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).and_then(|p| p.checked_add(offset as u64));
     let actual = bytes.len() as u64;
     match expected {
-        Some(e) if e == actual => Ok(Idx {
-            dims,
-            bytes,
-            offset,
-        }),
+        Some(e) if e == actual => Ok(Idx { dims, bytes, offset }),
         Some(e) => Err(DataError::Length {
             path: shown.to_string(),
             what: match (e > actual, gzipped) {
@@ -113,10 +97,7 @@ fn read_idx(path: &Path) -> Result<Idx, DataError> {
             expected: e,
             actual,
         }),
-        None => Err(DataError::invalid(
-            &shown,
-            format!("IDX dimensions {dims:?} are too large"),
-        )),
+        None => Err(DataError::invalid(&shown, format!("IDX dimensions {dims:?} are too large"))),
     }
 }
 
@@ -140,10 +121,7 @@ pub(super) fn load_idx_images(path: &Path, limit: Option<usize>) -> Result<Loade
         _ => {
             return Err(DataError::invalid(
                 &shown,
-                format!(
-                    "IDX file has {} dimensions; expected 3 (images) or 2 (rows)",
-                    idx.dims.len()
-                ),
+                format!("IDX file has {} dimensions; expected 3 (images) or 2 (rows)", idx.dims.len()),
             ))
         }
     };
@@ -152,20 +130,9 @@ pub(super) fn load_idx_images(path: &Path, limit: Option<usize>) -> Result<Loade
     }
     let keep = keep_rows(n, limit);
     let table = eight_bit_table();
-    let rows: Vec<f32> = idx.payload()[..keep * dim]
-        .iter()
-        .map(|&p| table[p as usize])
-        .collect();
+    let rows: Vec<f32> = idx.payload()[..keep * dim].iter().map(|&p| table[p as usize]).collect();
     Ok(Loaded {
-        data: Dataset {
-            rows,
-            n: keep,
-            dim,
-            eight_bit: true,
-            image_shape,
-            labels: None,
-            source: shown,
-        },
+        data: Dataset { rows, n: keep, dim, eight_bit: true, image_shape, labels: None, source: shown },
         n_total: n,
     })
 }
@@ -176,10 +143,7 @@ pub(super) fn load_idx_labels(path: &Path) -> Result<Vec<i64>, DataError> {
     if idx.dims.len() != 1 {
         return Err(DataError::invalid(
             path.display(),
-            format!(
-                "not an IDX label file: {} dimensions (expected 1, magic 0x00000801)",
-                idx.dims.len()
-            ),
+            format!("not an IDX label file: {} dimensions (expected 1, magic 0x00000801)", idx.dims.len()),
         ));
     }
     Ok(idx.payload().iter().map(|&b| b as i64).collect())
@@ -192,10 +156,7 @@ pub(super) fn sibling_labels(images: &Path) -> Option<PathBuf> {
     let stem = name.strip_suffix(".gz").unwrap_or(name);
     let base = stem.strip_suffix("-images-idx3-ubyte")?;
     let dir = images.parent().unwrap_or(Path::new(""));
-    [".gz", ""]
-        .iter()
-        .map(|ext| dir.join(format!("{base}-labels-idx1-ubyte{ext}")))
-        .find(|p| p.is_file())
+    [".gz", ""].iter().map(|ext| dir.join(format!("{base}-labels-idx1-ubyte{ext}"))).find(|p| p.is_file())
 }
 
 #[cfg(test)]
@@ -231,11 +192,7 @@ pub(super) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("toy-images-idx3-ubyte.gz");
         std::fs::write(&img, gz(&idx_bytes(&[3, 2, 3], &images_payload(3)))).unwrap();
-        std::fs::write(
-            dir.path().join("toy-labels-idx1-ubyte.gz"),
-            gz(&idx_bytes(&[3], &[7, 0, 9])),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("toy-labels-idx1-ubyte.gz"), gz(&idx_bytes(&[3], &[7, 0, 9]))).unwrap();
         let d = load(&img, &LoadOptions::default()).unwrap();
         assert_eq!((d.n, d.dim), (3, 6));
         assert!(d.eight_bit);
@@ -244,14 +201,7 @@ pub(super) mod tests {
         assert_eq!(d.rows[1], (37.0 + 0.5) / 256.0);
         assert_eq!(d.rows[0], 0.5 / 256.0);
 
-        let limited = load(
-            &img,
-            &LoadOptions {
-                limit: Some(2),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let limited = load(&img, &LoadOptions { limit: Some(2), ..Default::default() }).unwrap();
         assert_eq!(limited.n, 2);
         assert_eq!(limited.rows.len(), 12);
         assert_eq!(limited.labels, Some(vec![7, 0]));
@@ -267,14 +217,7 @@ pub(super) mod tests {
         std::fs::write(&lab, gz(&idx_bytes(&[2], &[1, 2]))).unwrap();
         let d = load(&img, &LoadOptions::default()).unwrap();
         assert_eq!((d.n, d.dim, d.labels.clone()), (2, 6, None));
-        let d = load(
-            &img,
-            &LoadOptions {
-                labels_path: Some(lab),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let d = load(&img, &LoadOptions { labels_path: Some(lab), ..Default::default() }).unwrap();
         assert_eq!(d.labels, Some(vec![1, 2]));
     }
 
@@ -286,25 +229,16 @@ pub(super) mod tests {
         b.truncate(b.len() - 5);
         std::fs::write(&img, &b).unwrap();
         let msg = load(&img, &LoadOptions::default()).unwrap_err().to_string();
-        assert!(
-            msg.contains("expected 34 bytes") && msg.contains("found 29"),
-            "{msg}"
-        );
+        assert!(msg.contains("expected 34 bytes") && msg.contains("found 29"), "{msg}");
         assert!(msg.contains("truncated"), "{msg}");
         // Extra bytes after the promised payload are as suspicious as missing ones.
         let mut long = idx_bytes(&[1, 2, 3], &images_payload(1));
         long.push(0);
         std::fs::write(&img, &long).unwrap();
         let msg = load(&img, &LoadOptions::default()).unwrap_err().to_string();
-        assert!(
-            msg.contains("trailing") && msg.contains("found 23"),
-            "{msg}"
-        );
+        assert!(msg.contains("trailing") && msg.contains("found 23"), "{msg}");
         // CSV-only options are refused rather than silently ignored.
-        let opts = LoadOptions {
-            label_column: Some("0".into()),
-            ..Default::default()
-        };
+        let opts = LoadOptions { label_column: Some("0".into()), ..Default::default() };
         assert!(load(&img, &opts).unwrap_err().to_string().contains("CSV"));
         // Truncated inside the header, and a truncated gzip stream.
         std::fs::write(&img, &b[..9]).unwrap();
@@ -343,23 +277,12 @@ pub(super) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("m-images-idx3-ubyte");
         std::fs::write(&img, idx_bytes(&[3, 2, 3], &images_payload(3))).unwrap();
-        std::fs::write(
-            dir.path().join("m-labels-idx1-ubyte"),
-            idx_bytes(&[2], &[1, 2]),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("m-labels-idx1-ubyte"), idx_bytes(&[2], &[1, 2])).unwrap();
         let msg = load(&img, &LoadOptions::default()).unwrap_err().to_string();
         assert!(msg.contains("2 labels") && msg.contains("3 rows"), "{msg}");
         // An image file given as labels is rejected too.
-        let msg = load(
-            &img,
-            &LoadOptions {
-                labels_path: Some(img.clone()),
-                ..Default::default()
-            },
-        )
-        .unwrap_err()
-        .to_string();
+        let msg =
+            load(&img, &LoadOptions { labels_path: Some(img.clone()), ..Default::default() }).unwrap_err().to_string();
         assert!(msg.contains("not an IDX label file"), "{msg}");
     }
 

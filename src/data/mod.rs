@@ -78,60 +78,28 @@ pub enum DataError {
     Invalid { path: String, msg: String },
     /// The header promises more (or fewer) bytes than the file holds.
     #[error("{path}: {what}: expected {expected} bytes from the header, found {actual}")]
-    Length {
-        path: String,
-        what: &'static str,
-        expected: u64,
-        actual: u64,
-    },
+    Length { path: String, what: &'static str, expected: u64, actual: u64 },
     /// A CSV field that does not parse as what its column needs. `line` is 1-based, `column`
     /// gives the header name (if any) and the 0-based index.
     #[error("{path}: line {line}, column {column}: {value:?} is not {expected}")]
-    BadValue {
-        path: String,
-        line: u64,
-        column: String,
-        value: String,
-        expected: &'static str,
-    },
+    BadValue { path: String, line: u64, column: String, value: String, expected: &'static str },
     #[error("{path}: line {line}: expected {expected} fields, found {found}")]
-    Ragged {
-        path: String,
-        line: u64,
-        expected: usize,
-        found: usize,
-    },
+    Ragged { path: String, line: u64, expected: usize, found: usize },
     /// A NaN or infinity in binary data (0-based row and column).
     #[error("{path}: row {row}, column {column} (0-based): value {value} is not finite")]
-    NonFinite {
-        path: String,
-        row: usize,
-        column: usize,
-        value: f64,
-    },
+    NonFinite { path: String, row: usize, column: usize, value: f64 },
     /// An NPY array whose dtype, rank or memory order this loader does not handle.
     #[error("{path}: unsupported NPY array (dtype {dtype}, shape {shape:?}): {msg}")]
-    UnsupportedNpy {
-        path: String,
-        dtype: String,
-        shape: Vec<u64>,
-        msg: String,
-    },
+    UnsupportedNpy { path: String, dtype: String, shape: Vec<u64>, msg: String },
 }
 
 impl DataError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        DataError::Io {
-            path: path.display().to_string(),
-            source,
-        }
+        DataError::Io { path: path.display().to_string(), source }
     }
 
     pub(crate) fn invalid(path: impl fmt::Display, msg: impl Into<String>) -> Self {
-        DataError::Invalid {
-            path: path.to_string(),
-            msg: msg.into(),
-        }
+        DataError::Invalid { path: path.to_string(), msg: msg.into() }
     }
 }
 
@@ -193,16 +161,10 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset, DataError> {
     };
     let source = path.display().to_string();
     if format != Format::Csv && (opts.label_column.is_some() || !opts.exclude_columns.is_empty()) {
-        return Err(DataError::invalid(
-            &source,
-            "label/exclude columns only apply to CSV files",
-        ));
+        return Err(DataError::invalid(&source, "label/exclude columns only apply to CSV files"));
     }
     if format == Format::Csv && opts.label_column.is_some() && opts.labels_path.is_some() {
-        return Err(DataError::invalid(
-            &source,
-            "give either a label column or a labels file, not both",
-        ));
+        return Err(DataError::invalid(&source, "give either a label column or a labels file, not both"));
     }
     let mut ds = match format {
         Format::Csv => table::load_csv(path, opts)?,
@@ -231,10 +193,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset, DataError> {
         ds.data.labels = Some(labels);
     }
     if ds.data.n == 0 {
-        return Err(DataError::invalid(
-            &source,
-            "no data rows (after the row limit)",
-        ));
+        return Err(DataError::invalid(&source, "no data rows (after the row limit)"));
     }
     Ok(ds.data)
 }
@@ -273,40 +232,19 @@ fn eight_bit_table() -> [f32; 256] {
 impl Dataset {
     /// Wraps caller-provided rows, checking the shape and that every value is finite (the
     /// model cannot score NaN/Inf, and catching it here names the offending cell).
-    pub fn from_rows(
-        rows: Vec<f32>,
-        n: usize,
-        dim: usize,
-        source: impl Into<String>,
-    ) -> Result<Dataset, DataError> {
+    pub fn from_rows(rows: Vec<f32>, n: usize, dim: usize, source: impl Into<String>) -> Result<Dataset, DataError> {
         let source = source.into();
         if dim == 0 {
-            return Err(DataError::invalid(
-                &source,
-                "rows must have at least one column",
-            ));
+            return Err(DataError::invalid(&source, "rows must have at least one column"));
         }
         if n.checked_mul(dim) != Some(rows.len()) {
             return Err(DataError::invalid(
                 &source,
-                format!(
-                    "{} values do not form {} rows of {} columns",
-                    rows.len(),
-                    n,
-                    dim
-                ),
+                format!("{} values do not form {} rows of {} columns", rows.len(), n, dim),
             ));
         }
         check_finite(&rows, dim, &source)?;
-        Ok(Dataset {
-            rows,
-            n,
-            dim,
-            eight_bit: false,
-            image_shape: None,
-            labels: None,
-            source,
-        })
+        Ok(Dataset { rows, n, dim, eight_bit: false, image_shape: None, labels: None, source })
     }
 
     /// Row `i` as a slice. Panics if `i >= n`.
@@ -319,11 +257,7 @@ impl Dataset {
     /// The fraction is clamped to [0, 1] (NaN counts as 0). Both parts keep the file's row order,
     /// so the split depends only on (n, fraction, seed).
     pub fn split(&self, val_fraction: f64, seed: u64) -> (Dataset, Dataset) {
-        let frac = if val_fraction.is_nan() {
-            0.0
-        } else {
-            val_fraction.clamp(0.0, 1.0)
-        };
+        let frac = if val_fraction.is_nan() { 0.0 } else { val_fraction.clamp(0.0, 1.0) };
         let mut n_val = ((self.n as f64) * frac).round() as usize;
         n_val = n_val.min(self.n);
         if self.n >= 2 && frac > 0.0 {
@@ -353,10 +287,7 @@ impl Dataset {
             dim: self.dim,
             eight_bit: self.eight_bit,
             image_shape: self.image_shape,
-            labels: self
-                .labels
-                .as_ref()
-                .map(|l| idx.iter().map(|&i| l[i]).collect()),
+            labels: self.labels.as_ref().map(|l| idx.iter().map(|&i| l[i]).collect()),
             source: self.source.clone(),
         }
     }
@@ -391,12 +322,9 @@ impl Dataset {
 fn check_finite(rows: &[f32], dim: usize, source: &str) -> Result<(), DataError> {
     match rows.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
-        Some(k) => Err(DataError::NonFinite {
-            path: source.to_string(),
-            row: k / dim,
-            column: k % dim,
-            value: rows[k] as f64,
-        }),
+        Some(k) => {
+            Err(DataError::NonFinite { path: source.to_string(), row: k / dim, column: k % dim, value: rows[k] as f64 })
+        }
     }
 }
 
@@ -434,13 +362,7 @@ mod tests {
         assert_eq!(v1.rows, v2.rows);
         assert_eq!(v1.labels, v2.labels);
         // Disjoint and covering, labels follow rows, flags carried.
-        let mut all: Vec<i64> = t1
-            .labels
-            .clone()
-            .unwrap()
-            .into_iter()
-            .chain(v1.labels.clone().unwrap())
-            .collect();
+        let mut all: Vec<i64> = t1.labels.clone().unwrap().into_iter().chain(v1.labels.clone().unwrap()).collect();
         all.sort();
         assert_eq!(all, (0..10).collect::<Vec<_>>());
         for (i, &l) in v1.labels.as_ref().unwrap().iter().enumerate() {
@@ -489,9 +411,7 @@ mod tests {
         write_npy(&q, &[1.0, 2.0], 1, 2).unwrap();
         assert_eq!(load(&q, &LoadOptions::default()).unwrap().dim, 2);
         let missing = dir.path().join("nope.csv");
-        let msg = load(&missing, &LoadOptions::default())
-            .unwrap_err()
-            .to_string();
+        let msg = load(&missing, &LoadOptions::default()).unwrap_err().to_string();
         assert!(msg.contains("nope.csv"), "{msg}");
     }
 }

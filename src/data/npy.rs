@@ -22,11 +22,7 @@ pub(super) fn load_npy(path: &Path, limit: Option<usize>) -> Result<Loaded, Data
 }
 
 /// Parses an NPY file already in memory (e.g. a request body); `shown` names it in errors.
-pub(super) fn parse_npy(
-    bytes: &[u8],
-    shown: &str,
-    limit: Option<usize>,
-) -> Result<Loaded, DataError> {
+pub(super) fn parse_npy(bytes: &[u8], shown: &str, limit: Option<usize>) -> Result<Loaded, DataError> {
     let shown = shown.to_string();
     let mut body: &[u8] = bytes;
     let header = NpyHeader::from_reader(&mut body)
@@ -41,23 +37,13 @@ pub(super) fn parse_npy(
     };
     let ts = match &dtype {
         DType::Plain(ts) => ts.clone(),
-        other => {
-            return Err(unsupported(
-                other.descr(),
-                "structured dtypes are not supported",
-            ))
-        }
+        other => return Err(unsupported(other.descr(), "structured dtypes are not supported")),
     };
     let elem = match (ts.type_char(), ts.size_field()) {
         (TypeChar::Float, 4) => Elem::F32,
         (TypeChar::Float, 8) => Elem::F64,
         (TypeChar::Uint, 1) => Elem::U8,
-        _ => {
-            return Err(unsupported(
-                ts.to_string(),
-                "expected float32, float64 or uint8",
-            ))
-        }
+        _ => return Err(unsupported(ts.to_string(), "expected float32, float64 or uint8")),
     };
     if header.order() == Order::Fortran {
         return Err(unsupported(
@@ -71,41 +57,22 @@ pub(super) fn parse_npy(
         (&[n, d], _) => (to_usize(n)?, to_usize(d)?, None),
         (&[n, h, w], Elem::U8) => {
             let (h, w) = (to_usize(h)?, to_usize(w)?);
-            (
-                to_usize(n)?,
-                h.checked_mul(w).ok_or_else(too_big)?,
-                Some([h, w]),
-            )
+            (to_usize(n)?, h.checked_mul(w).ok_or_else(too_big)?, Some([h, w]))
         }
         (&[_, _, _], _) => {
-            return Err(unsupported(
-                ts.to_string(),
-                "3-D arrays are only accepted as uint8 images [n, h, w]",
-            ))
+            return Err(unsupported(ts.to_string(), "3-D arrays are only accepted as uint8 images [n, h, w]"))
         }
-        _ => {
-            return Err(unsupported(
-                ts.to_string(),
-                "expected a 2-D array [n, d] (or a 3-D uint8 array [n, h, w])",
-            ))
-        }
+        _ => return Err(unsupported(ts.to_string(), "expected a 2-D array [n, d] (or a 3-D uint8 array [n, h, w])")),
     };
     if dim == 0 {
         return Err(unsupported(ts.to_string(), "rows have zero columns"));
     }
     let item = ts.num_bytes().ok_or_else(too_big)?;
-    let expected = n
-        .checked_mul(dim)
-        .and_then(|e| e.checked_mul(item))
-        .ok_or_else(too_big)?;
+    let expected = n.checked_mul(dim).and_then(|e| e.checked_mul(item)).ok_or_else(too_big)?;
     if expected != body.len() {
         return Err(DataError::Length {
             path: shown,
-            what: if expected > body.len() {
-                "truncated NPY data"
-            } else {
-                "NPY file has trailing bytes"
-            },
+            what: if expected > body.len() { "truncated NPY data" } else { "NPY file has trailing bytes" },
             expected: expected as u64,
             actual: body.len() as u64,
         });
@@ -123,22 +90,12 @@ pub(super) fn parse_npy(
             }
         }
         Elem::F64 => {
-            for (k, v) in file
-                .data::<f64>()
-                .map_err(dtype_err)?
-                .take(count)
-                .enumerate()
-            {
+            for (k, v) in file.data::<f64>().map_err(dtype_err)?.take(count).enumerate() {
                 let v = v.map_err(read_err)?;
                 let x = v as f32;
                 // Check here, while the f64 is at hand: a huge f64 becomes an f32 infinity.
                 if !x.is_finite() {
-                    return Err(DataError::NonFinite {
-                        path: shown,
-                        row: k / dim,
-                        column: k % dim,
-                        value: v,
-                    });
+                    return Err(DataError::NonFinite { path: shown, row: k / dim, column: k % dim, value: v });
                 }
                 rows.push(x);
             }
@@ -152,30 +109,15 @@ pub(super) fn parse_npy(
     }
     super::check_finite(&rows, dim, &shown)?;
     Ok(Loaded {
-        data: Dataset {
-            rows,
-            n: keep,
-            dim,
-            eight_bit: elem == Elem::U8,
-            image_shape,
-            labels: None,
-            source: shown,
-        },
+        data: Dataset { rows, n: keep, dim, eight_bit: elem == Elem::U8, image_shape, labels: None, source: shown },
         n_total: n,
     })
 }
 
 /// Encodes `data` as an in-memory NPY array of `shape` (C order, little-endian).
-pub fn npy_bytes<T: npyz::AutoSerialize + Copy>(
-    data: &[T],
-    shape: &[u64],
-) -> std::io::Result<Vec<u8>> {
+pub fn npy_bytes<T: npyz::AutoSerialize + Copy>(data: &[T], shape: &[u64]) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(data.len() * std::mem::size_of::<T>() + 128);
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(shape)
-        .writer(&mut out)
-        .begin_nd()?;
+    let mut w = npyz::WriteOptions::new().default_dtype().shape(shape).writer(&mut out).begin_nd()?;
     w.extend(data.iter().copied())?;
     w.finish()?;
     Ok(out)
@@ -186,12 +128,7 @@ pub fn write_npy(path: &Path, rows: &[f32], n: usize, dim: usize) -> Result<(), 
     if n.checked_mul(dim) != Some(rows.len()) {
         return Err(DataError::invalid(
             path.display(),
-            format!(
-                "{} values do not form {} rows of {} columns",
-                rows.len(),
-                n,
-                dim
-            ),
+            format!("{} values do not form {} rows of {} columns", rows.len(), n, dim),
         ));
     }
     let io = |e| DataError::io(path, e);
@@ -216,20 +153,10 @@ mod tests {
         write_with(path, shape, data, Order::C);
     }
 
-    fn write_with<T: npyz::AutoSerialize + Copy>(
-        path: &Path,
-        shape: &[u64],
-        data: &[T],
-        order: Order,
-    ) {
+    fn write_with<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[u64], data: &[T], order: Order) {
         let mut out = std::fs::File::create(path).unwrap();
-        let mut w = npyz::WriteOptions::new()
-            .default_dtype()
-            .shape(shape)
-            .order(order)
-            .writer(&mut out)
-            .begin_nd()
-            .unwrap();
+        let mut w =
+            npyz::WriteOptions::new().default_dtype().shape(shape).order(order).writer(&mut out).begin_nd().unwrap();
         w.extend(data.iter().copied()).unwrap();
         w.finish().unwrap();
     }
@@ -248,14 +175,7 @@ mod tests {
         assert_eq!((d.n, d.dim), (4, 3));
         assert_eq!(d.rows, rows);
         assert!(!d.eight_bit && d.image_shape.is_none());
-        let d = load(
-            &p,
-            &LoadOptions {
-                limit: Some(1),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let d = load(&p, &LoadOptions { limit: Some(1), ..Default::default() }).unwrap();
         assert_eq!(d.rows, &rows[..3]);
         assert!(write_npy(&p, &rows, 5, 3).is_err());
     }
@@ -321,9 +241,6 @@ mod tests {
         b.truncate(b.len() - 3);
         std::fs::write(&p, &b).unwrap();
         let msg = load_default(&p).unwrap_err().to_string();
-        assert!(
-            msg.contains("expected 24 bytes") && msg.contains("found 21"),
-            "{msg}"
-        );
+        assert!(msg.contains("expected 24 bytes") && msg.contains("found 21"), "{msg}");
     }
 }

@@ -43,18 +43,12 @@ impl Columns<'_> {
             Ok(i) if i < self.count => Ok(i),
             Ok(i) => Err(DataError::invalid(
                 self.path,
-                format!(
-                    "{option}: column index {i} is out of range (the file has {} columns)",
-                    self.count
-                ),
+                format!("{option}: column index {i} is out of range (the file has {} columns)", self.count),
             )),
             Err(_) => Err(DataError::invalid(
                 self.path,
                 match &self.header {
-                    Some(h) => format!(
-                        "{option}: no column named {spec:?} (columns: {})",
-                        h.join(", ")
-                    ),
+                    Some(h) => format!("{option}: no column named {spec:?} (columns: {})", h.join(", ")),
                     None => format!(
                         "{option}: no column named {spec:?}; the file has no header row, so give a 0-based index"
                     ),
@@ -66,8 +60,7 @@ impl Columns<'_> {
 
 /// A header row is one with any non-empty field that is not a number.
 fn looks_like_header(rec: &StringRecord) -> bool {
-    rec.iter()
-        .any(|f| !f.is_empty() && f.parse::<f64>().is_err())
+    rec.iter().any(|f| !f.is_empty() && f.parse::<f64>().is_err())
 }
 
 fn line_of(rec: &StringRecord) -> u64 {
@@ -107,11 +100,7 @@ pub(super) fn load_csv(path: &Path, opts: &LoadOptions) -> Result<Loaded, DataEr
     let count = rec.len();
     let header = looks_like_header(&rec).then(|| rec.iter().map(str::to_string).collect());
     let has_header = header.is_some();
-    let cols = Columns {
-        path: &shown,
-        header,
-        count,
-    };
+    let cols = Columns { path: &shown, header, count };
 
     let mut roles = vec![Role::Feature; count];
     for spec in &opts.exclude_columns {
@@ -155,12 +144,7 @@ pub(super) fn load_csv(path: &Path, opts: &LoadOptions) -> Result<Loaded, DataEr
         }
         let line = line_of(&rec);
         if rec.len() != count {
-            return Err(DataError::Ragged {
-                path: shown.clone(),
-                line,
-                expected: count,
-                found: rec.len(),
-            });
+            return Err(DataError::Ragged { path: shown.clone(), line, expected: count, found: rec.len() });
         }
         for (i, (field, role)) in rec.iter().zip(&roles).enumerate() {
             match role {
@@ -247,22 +231,9 @@ mod tests {
         let d = load(&p, &LoadOptions::default()).unwrap();
         assert_eq!((d.n, d.dim), (3, 2));
         assert_eq!(d.rows, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        let d = load(
-            &p,
-            &LoadOptions {
-                limit: Some(2),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let d = load(&p, &LoadOptions { limit: Some(2), ..Default::default() }).unwrap();
         assert_eq!(d.rows, vec![1.0, 2.0, 3.0, 4.0]);
-        let err = load(
-            &p,
-            &LoadOptions {
-                limit: Some(0),
-                ..Default::default()
-            },
-        );
+        let err = load(&p, &LoadOptions { limit: Some(0), ..Default::default() });
         assert!(err.is_err());
     }
 
@@ -273,23 +244,12 @@ mod tests {
         let err = load(&p, &LoadOptions::default()).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, DataError::BadValue { line: 3, .. }), "{msg}");
-        assert!(
-            msg.contains("bad.csv") && msg.contains("line 3") && msg.contains("\"y\" (index 1)"),
-            "{msg}"
-        );
+        assert!(msg.contains("bad.csv") && msg.contains("line 3") && msg.contains("\"y\" (index 1)"), "{msg}");
         assert!(msg.contains("oops"), "{msg}");
-        for (text, line) in [
-            ("1,2\n3,NaN\n", 2),
-            ("1,2\n3,inf\n", 2),
-            ("1,2\n3,\n", 2),
-            ("1,,2\n", 1),
-        ] {
+        for (text, line) in [("1,2\n3,NaN\n", 2), ("1,2\n3,inf\n", 2), ("1,2\n3,\n", 2), ("1,,2\n", 1)] {
             let p = write(&dir, "b2.csv", text);
             let err = load(&p, &LoadOptions::default()).unwrap_err();
-            assert!(
-                matches!(&err, DataError::BadValue { line: l, .. } if *l == line),
-                "{text:?}: {err}"
-            );
+            assert!(matches!(&err, DataError::BadValue { line: l, .. } if *l == line), "{text:?}: {err}");
             assert!(err.to_string().contains("index"), "{err}");
         }
     }
@@ -299,10 +259,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = write(&dir, "r.csv", "1,2,3\n4,5,6\n7,8\n");
         let msg = load(&p, &LoadOptions::default()).unwrap_err().to_string();
-        assert!(
-            msg.contains("line 3") && msg.contains("expected 3") && msg.contains("found 2"),
-            "{msg}"
-        );
+        assert!(msg.contains("line 3") && msg.contains("expected 3") && msg.contains("found 2"), "{msg}");
     }
 
     #[test]
@@ -325,21 +282,13 @@ mod tests {
         let p = write(&dir, "l.csv", "id,f1,class,f2\nabc,1,0,2\nxyz,3,2.0,4\n");
         // The id column is text, so it must be excluded to load at all.
         let msg = load(&p, &LoadOptions::default()).unwrap_err().to_string();
-        assert!(
-            msg.contains("\"id\" (index 0)") && msg.contains("line 2"),
-            "{msg}"
-        );
+        assert!(msg.contains("\"id\" (index 0)") && msg.contains("line 2"), "{msg}");
         let d = load(&p, &opts(&["id"], Some("class"))).unwrap();
         assert_eq!((d.n, d.dim), (2, 2));
         assert_eq!(d.rows, vec![1.0, 2.0, 3.0, 4.0]);
         assert_eq!(d.labels, Some(vec![0, 2]));
-        let msg = load(&p, &opts(&["id"], Some("nope")))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("nope") && msg.contains("columns: id, f1"),
-            "{msg}"
-        );
+        let msg = load(&p, &opts(&["id"], Some("nope"))).unwrap_err().to_string();
+        assert!(msg.contains("nope") && msg.contains("columns: id, f1"), "{msg}");
     }
 
     #[test]
@@ -348,11 +297,7 @@ mod tests {
         let p = write(&dir, "t.csv", "1,2\n3,4\n5,6\n");
         let lab = dir.path().join("labels.idx");
         std::fs::write(&lab, crate::data::idx::tests::idx_bytes(&[3], &[4, 5, 6])).unwrap();
-        let o = LoadOptions {
-            labels_path: Some(lab.clone()),
-            limit: Some(2),
-            ..Default::default()
-        };
+        let o = LoadOptions { labels_path: Some(lab.clone()), limit: Some(2), ..Default::default() };
         // The count is checked against the whole file even when only 2 rows are kept.
         let d = load(&p, &o).unwrap();
         assert_eq!((d.n, d.labels), (2, Some(vec![4, 5])));
@@ -374,9 +319,6 @@ mod tests {
         assert!(msg.contains("no header"), "{msg}");
         let p = write(&dir, "i2.csv", "1,0.5\n2,1\n");
         let msg = load(&p, &opts(&[], Some("1"))).unwrap_err().to_string();
-        assert!(
-            msg.contains("integer label") && msg.contains("line 1"),
-            "{msg}"
-        );
+        assert!(msg.contains("integer label") && msg.contains("line 1"), "{msg}");
     }
 }

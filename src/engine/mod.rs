@@ -61,33 +61,17 @@ impl ModelInfo {
 /// One unit of inference work. Row data is row-major f32, already validated.
 #[derive(Debug)]
 pub enum Task {
-    LogProb {
-        rows: Vec<f32>,
-    },
-    Encode {
-        rows: Vec<f32>,
-    },
-    Decode {
-        latents: Vec<f32>,
-    },
-    Sample {
-        n: usize,
-        seed: u64,
-        temperature: f64,
-    },
-    Inpaint {
-        rows: Vec<f32>,
-        missing: Vec<f32>,
-        options: InpaintOptions,
-    },
+    LogProb { rows: Vec<f32> },
+    Encode { rows: Vec<f32> },
+    Decode { latents: Vec<f32> },
+    Sample { n: usize, seed: u64, temperature: f64 },
+    Inpaint { rows: Vec<f32>, missing: Vec<f32>, options: InpaintOptions },
 }
 
 impl Task {
     fn rows(&self, dim: usize) -> usize {
         match self {
-            Task::LogProb { rows } | Task::Encode { rows } | Task::Inpaint { rows, .. } => {
-                rows.len() / dim.max(1)
-            }
+            Task::LogProb { rows } | Task::Encode { rows } | Task::Inpaint { rows, .. } => rows.len() / dim.max(1),
             Task::Decode { latents } => latents.len() / dim.max(1),
             Task::Sample { n, .. } => *n,
         }
@@ -107,10 +91,7 @@ impl Task {
 #[derive(Debug)]
 pub enum Output {
     LogProb(Vec<f64>),
-    Encode {
-        latents: Vec<f32>,
-        log_prob: Vec<f64>,
-    },
+    Encode { latents: Vec<f32>, log_prob: Vec<f64> },
     Rows(Vec<f32>),
 }
 
@@ -145,10 +126,7 @@ pub(crate) struct Job {
 }
 
 pub(crate) enum Control {
-    Swap {
-        info: Arc<ModelInfo>,
-        done: std::sync::mpsc::Sender<Result<(), EngineError>>,
-    },
+    Swap { info: Arc<ModelInfo>, done: std::sync::mpsc::Sender<Result<(), EngineError>> },
 }
 
 struct Shared {
@@ -170,18 +148,10 @@ pub struct Engine {
 
 impl Engine {
     /// Loads `dir` on every inference thread, warms each up and returns once all are ready.
-    pub fn start(
-        dir: &Path,
-        config: EngineConfig,
-        metrics: Metrics,
-    ) -> Result<Engine, EngineError> {
+    pub fn start(dir: &Path, config: EngineConfig, metrics: Metrics) -> Result<Engine, EngineError> {
         let card = store::load(dir, tch::Device::Cpu)?.card;
         metrics.set_model(&card.name, &card.version);
-        let info = Arc::new(ModelInfo {
-            card,
-            dir: dir.to_path_buf(),
-            generation: 0,
-        });
+        let info = Arc::new(ModelInfo { card, dir: dir.to_path_buf(), generation: 0 });
         let shared = Arc::new(Shared {
             info: ArcSwap::new(info.clone()),
             ready: AtomicBool::new(false),
@@ -192,13 +162,7 @@ impl Engine {
         let config = Arc::new(config);
         let (controls, threads) = worker::spawn(&config, info, job_rx, shared.metrics.clone())?;
         shared.ready.store(true, Ordering::SeqCst);
-        Ok(Engine {
-            jobs,
-            controls: Arc::new(controls),
-            shared,
-            config,
-            _threads: Arc::new(threads),
-        })
+        Ok(Engine { jobs, controls: Arc::new(controls), shared, config, _threads: Arc::new(threads) })
     }
 
     /// The live model.
@@ -219,12 +183,7 @@ impl Engine {
         let (reply, rx) = oneshot::channel();
         let op = task.op();
         let rows = task.rows(self.info().dim()) as u64;
-        let job = Job {
-            task,
-            enqueued: Instant::now(),
-            reply,
-            span: tracing::Span::current(),
-        };
+        let job = Job { task, enqueued: Instant::now(), reply, span: tracing::Span::current() };
         match self.jobs.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -240,11 +199,7 @@ impl Engine {
             Err(_) => Err(EngineError::Timeout(self.config.request_timeout)),
         };
         if result.is_ok() {
-            self.shared
-                .metrics
-                .rows
-                .with_label_values(&[op])
-                .inc_by(rows);
+            self.shared.metrics.rows.with_label_values(&[op]).inc_by(rows);
         }
         result
     }
@@ -261,22 +216,14 @@ impl Engine {
         .await
         .map_err(|e| EngineError::Inference(e.to_string()))??;
         let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let info = Arc::new(ModelInfo {
-            card,
-            dir,
-            generation,
-        });
+        let info = Arc::new(ModelInfo { card, dir, generation });
         let controls = self.controls.clone();
         let sent = info.clone();
         tokio::task::spawn_blocking(move || {
             let mut waits = Vec::new();
             for c in controls.iter() {
                 let (done, wait) = std::sync::mpsc::channel();
-                c.send(Control::Swap {
-                    info: sent.clone(),
-                    done,
-                })
-                .map_err(|_| EngineError::Stopped)?;
+                c.send(Control::Swap { info: sent.clone(), done }).map_err(|_| EngineError::Stopped)?;
                 waits.push(wait);
             }
             for w in waits {
@@ -287,9 +234,7 @@ impl Engine {
         .await
         .map_err(|e| EngineError::Inference(e.to_string()))??;
         self.shared.info.store(info.clone());
-        self.shared
-            .metrics
-            .set_model(&info.card.name, &info.card.version);
+        self.shared.metrics.set_model(&info.card.name, &info.card.version);
         tracing::info!(name = %info.card.name, version = %info.card.version, dir = %info.dir.display(), "model swapped");
         Ok(info)
     }

@@ -35,19 +35,12 @@ pub(super) fn spawn(
     for id in 0..config.workers.max(1) {
         let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let worker = Worker {
-            config: config.clone(),
-            metrics: metrics.clone(),
-            jobs: jobs.clone(),
-            controls: ctl_rx,
-        };
+        let worker = Worker { config: config.clone(), metrics: metrics.clone(), jobs: jobs.clone(), controls: ctl_rx };
         let info = info.clone();
         let handle = std::thread::Builder::new()
             .name(format!("flowscore-infer-{id}"))
             .spawn(move || worker.run(info, ready_tx))
-            .map_err(|e| {
-                EngineError::Inference(format!("cannot start an inference thread: {e}"))
-            })?;
+            .map_err(|e| EngineError::Inference(format!("cannot start an inference thread: {e}")))?;
         controls.push(ctl_tx);
         handles.push(handle);
         readies.push(ready_rx);
@@ -78,17 +71,10 @@ impl Live {
         // One forward pass at the real batch shape, so the first request pays no set-up cost.
         let rows = warmup_rows.clamp(1, 1024) as i64;
         let x = match model.card.preprocess.domain() {
-            Some((lo, hi)) => Tensor::full(
-                [rows, info.dim() as i64],
-                (lo + hi) / 2.0,
-                (tch::Kind::Float, Device::Cpu),
-            ),
+            Some((lo, hi)) => Tensor::full([rows, info.dim() as i64], (lo + hi) / 2.0, (tch::Kind::Float, Device::Cpu)),
             None => Tensor::zeros([rows, info.dim() as i64], (tch::Kind::Float, Device::Cpu)),
         };
-        let _ = model
-            .nice
-            .log_prob(&x)
-            .map_err(|e| EngineError::Inference(e.to_string()))?;
+        let _ = model.nice.log_prob(&x).map_err(|e| EngineError::Inference(e.to_string()))?;
         Ok(Live { model, info })
     }
 }
@@ -143,10 +129,7 @@ impl Worker {
     /// pulled one, for the next round.
     fn gather(&self, first: Job, dim: usize) -> (Vec<Job>, Option<Job>) {
         let kind = std::mem::discriminant(&first.task);
-        let mergeable = matches!(
-            first.task,
-            Task::LogProb { .. } | Task::Encode { .. } | Task::Decode { .. }
-        );
+        let mergeable = matches!(first.task, Task::LogProb { .. } | Task::Encode { .. } | Task::Decode { .. });
         let mut rows = first.task.rows(dim);
         let mut batch = vec![first];
         if !self.config.batching || !mergeable {
@@ -157,12 +140,10 @@ impl Worker {
             let next = match self.jobs.try_recv() {
                 Ok(job) => job,
                 Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) if batch.len() > 1 => {
-                    match self.jobs.recv_deadline(deadline) {
-                        Ok(job) => job,
-                        Err(_) => break,
-                    }
-                }
+                Err(TryRecvError::Empty) if batch.len() > 1 => match self.jobs.recv_deadline(deadline) {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
                 Err(TryRecvError::Empty) => break,
             };
             let n = next.task.rows(dim);
@@ -179,16 +160,12 @@ impl Worker {
         let dim = live.info.dim();
         let mut jobs = Vec::with_capacity(batch.len());
         for job in batch {
-            self.metrics
-                .queue_wait_seconds
-                .observe(job.enqueued.elapsed().as_secs_f64());
+            self.metrics.queue_wait_seconds.observe(job.enqueued.elapsed().as_secs_f64());
             if job.reply.is_closed() {
                 continue; // the client is gone (timed out or disconnected)
             }
             if !job.fits(dim) {
-                let _ = job
-                    .reply
-                    .send(Err(EngineError::ModelChanged { expected: dim }));
+                let _ = job.reply.send(Err(EngineError::ModelChanged { expected: dim }));
                 continue;
             }
             jobs.push(job);
@@ -199,15 +176,9 @@ impl Worker {
         let rows: usize = jobs.iter().map(|j| j.task.rows(dim)).sum();
         let started = Instant::now();
         let outputs = catch_unwind(AssertUnwindSafe(|| compute(&live.model, &jobs, dim)))
-            .unwrap_or_else(|_| {
-                Err(EngineError::Inference(
-                    "libtorch panicked; the request was not processed".into(),
-                ))
-            });
+            .unwrap_or_else(|_| Err(EngineError::Inference("libtorch panicked; the request was not processed".into())));
         let inference = started.elapsed();
-        self.metrics
-            .inference_seconds
-            .observe(inference.as_secs_f64());
+        self.metrics.inference_seconds.observe(inference.as_secs_f64());
         self.metrics.batch_rows.observe(rows as f64);
         for job in &jobs {
             job.span.in_scope(|| {
@@ -222,10 +193,7 @@ impl Worker {
         match outputs {
             Ok(outputs) => {
                 for (job, output) in jobs.into_iter().zip(outputs) {
-                    let _ = job.reply.send(Ok(Scored {
-                        output,
-                        model: live.info.clone(),
-                    }));
+                    let _ = job.reply.send(Ok(Scored { output, model: live.info.clone() }));
                 }
             }
             Err(e) => {
@@ -258,8 +226,7 @@ impl Job {
 }
 
 fn tensor(rows: &[f32], dim: usize) -> Result<Tensor, EngineError> {
-    let t =
-        Tensor::f_from_slice(rows).and_then(|t| t.f_view([(rows.len() / dim) as i64, dim as i64]));
+    let t = Tensor::f_from_slice(rows).and_then(|t| t.f_view([(rows.len() / dim) as i64, dim as i64]));
     t.map_err(|e| EngineError::Inference(e.to_string()))
 }
 
@@ -277,10 +244,7 @@ fn compute(model: &Model, jobs: &[Job], dim: usize) -> Result<Vec<Output>, Engin
         if jobs.len() == 1 {
             return tensor(pick(&jobs[0].task), dim);
         }
-        let all: Vec<f32> = jobs
-            .iter()
-            .flat_map(|j| pick(&j.task).iter().copied())
-            .collect();
+        let all: Vec<f32> = jobs.iter().flat_map(|j| pick(&j.task).iter().copied()).collect();
         tensor(&all, dim)
     };
     let counts: Vec<usize> = jobs.iter().map(|j| j.task.rows(dim)).collect();
@@ -291,10 +255,7 @@ fn compute(model: &Model, jobs: &[Job], dim: usize) -> Result<Vec<Output>, Engin
                 _ => &[],
             })?;
             let lp: Vec<f64> = to_vec(&model.nice.log_prob(&x).map_err(flow_err)?)?;
-            Ok(split(lp, &counts, 1)
-                .into_iter()
-                .map(Output::LogProb)
-                .collect())
+            Ok(split(lp, &counts, 1).into_iter().map(Output::LogProb).collect())
         }
         Task::Encode { .. } => {
             let x = concat(&|t| match t {
@@ -302,11 +263,7 @@ fn compute(model: &Model, jobs: &[Job], dim: usize) -> Result<Vec<Output>, Engin
                 _ => &[],
             })?;
             let (z, log_det) = model.nice.encode(&x).map_err(flow_err)?;
-            let prior = model.nice.spec().prior.log_density(&z).sum_dim_intlist(
-                1,
-                false,
-                tch::Kind::Double,
-            );
+            let prior = model.nice.spec().prior.log_density(&z).sum_dim_intlist(1, false, tch::Kind::Double);
             let lp: Vec<f64> = to_vec(&(prior + log_det))?;
             let z: Vec<f32> = to_vec(&z)?;
             Ok(split(z, &counts, dim)
@@ -321,27 +278,13 @@ fn compute(model: &Model, jobs: &[Job], dim: usize) -> Result<Vec<Output>, Engin
                 _ => &[],
             })?;
             let x: Vec<f32> = to_vec(&model.nice.decode(&z).map_err(flow_err)?)?;
-            Ok(split(x, &counts, dim)
-                .into_iter()
-                .map(Output::Rows)
-                .collect())
+            Ok(split(x, &counts, dim).into_iter().map(Output::Rows).collect())
         }
-        Task::Sample {
-            n,
-            seed,
-            temperature,
-        } => {
-            let x = model
-                .nice
-                .sample(*n, *seed, *temperature)
-                .map_err(flow_err)?;
+        Task::Sample { n, seed, temperature } => {
+            let x = model.nice.sample(*n, *seed, *temperature).map_err(flow_err)?;
             Ok(vec![Output::Rows(to_vec(&x)?)])
         }
-        Task::Inpaint {
-            rows,
-            missing,
-            options,
-        } => {
+        Task::Inpaint { rows, missing, options } => {
             let (x, m) = (tensor(rows, dim)?, tensor(missing, dim)?);
             let out = model.nice.inpaint(&x, &m, options).map_err(flow_err)?;
             Ok(vec![Output::Rows(to_vec(&out)?)])

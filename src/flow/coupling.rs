@@ -14,19 +14,9 @@ impl Coupling {
     /// Coupling `parity` keeps the coordinates with index % 2 == parity. The MLP's last layer
     /// starts at zero, so a fresh coupling is the identity and training starts from the
     /// data-initialised scaling alone.
-    pub(super) fn new(
-        p: &nn::Path,
-        dim: usize,
-        parity: usize,
-        hidden_layers: usize,
-        units: usize,
-    ) -> Coupling {
-        let keep: Vec<i64> = (0..dim as i64)
-            .filter(|i| *i as usize % 2 == parity)
-            .collect();
-        let other: Vec<i64> = (0..dim as i64)
-            .filter(|i| *i as usize % 2 != parity)
-            .collect();
+    pub(super) fn new(p: &nn::Path, dim: usize, parity: usize, hidden_layers: usize, units: usize) -> Coupling {
+        let keep: Vec<i64> = (0..dim as i64).filter(|i| *i as usize % 2 == parity).collect();
+        let other: Vec<i64> = (0..dim as i64).filter(|i| *i as usize % 2 != parity).collect();
         let mut order: Vec<i64> = keep.iter().chain(other.iter()).copied().collect();
         let mut unpermute = vec![0i64; dim];
         for (pos, col) in order.drain(..).enumerate() {
@@ -40,39 +30,22 @@ impl Coupling {
             mlp.push(nn::linear(&layers / j, fan_in, units, Default::default()));
             fan_in = units;
         }
-        let zero = nn::LinearConfig {
-            ws_init: nn::Init::Const(0.0),
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias: true,
-        };
-        mlp.push(nn::linear(
-            &layers / hidden_layers,
-            fan_in,
-            other.len() as i64,
-            zero,
-        ));
+        let zero = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };
+        mlp.push(nn::linear(&layers / hidden_layers, fan_in, other.len() as i64, zero));
         let device = p.device();
-        Coupling {
-            keep: index(&keep, device),
-            other: index(&other, device),
-            unpermute: index(&unpermute, device),
-            mlp,
-        }
+        Coupling { keep: index(&keep, device), other: index(&other, device), unpermute: index(&unpermute, device), mlp }
     }
 
     fn shift(&self, keep: &Tensor) -> Tensor {
         let last = self.mlp.len() - 1;
-        self.mlp
-            .iter()
-            .enumerate()
-            .fold(keep.shallow_clone(), |h, (j, layer)| {
-                let h = layer.forward(&h);
-                if j < last {
-                    h.relu()
-                } else {
-                    h
-                }
-            })
+        self.mlp.iter().enumerate().fold(keep.shallow_clone(), |h, (j, layer)| {
+            let h = layer.forward(&h);
+            if j < last {
+                h.relu()
+            } else {
+                h
+            }
+        })
     }
 
     pub(super) fn forward(&self, x: &Tensor) -> Tensor {

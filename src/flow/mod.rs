@@ -58,16 +58,10 @@ impl FlowSpec {
             return bad(format!("couplings must be in 1..=64, got {}", a.couplings));
         }
         if a.hidden_layers == 0 || a.hidden_layers > 64 {
-            return bad(format!(
-                "hidden_layers must be in 1..=64, got {}",
-                a.hidden_layers
-            ));
+            return bad(format!("hidden_layers must be in 1..=64, got {}", a.hidden_layers));
         }
         if a.hidden_units == 0 || a.hidden_units > 1 << 16 {
-            return bad(format!(
-                "hidden_units must be in 1..=65536, got {}",
-                a.hidden_units
-            ));
+            return bad(format!("hidden_units must be in 1..=65536, got {}", a.hidden_units));
         }
         self.preprocess.validate(a.dim)
     }

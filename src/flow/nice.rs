@@ -28,12 +28,7 @@ pub struct InpaintOptions {
 
 impl Default for InpaintOptions {
     fn default() -> Self {
-        InpaintOptions {
-            steps: 300,
-            step_size: 1e-3,
-            noise: 0.0,
-            seed: 0,
-        }
+        InpaintOptions { steps: 300, step_size: 1e-3, noise: 0.0, seed: 0 }
     }
 }
 
@@ -44,24 +39,11 @@ impl Nice {
         spec.validate()?;
         let a = &spec.architecture;
         let couplings = (0..a.couplings)
-            .map(|i| {
-                Coupling::new(
-                    &(p / "coupling" / i),
-                    a.dim,
-                    i % 2,
-                    a.hidden_layers,
-                    a.hidden_units,
-                )
-            })
+            .map(|i| Coupling::new(&(p / "coupling" / i), a.dim, i % 2, a.hidden_layers, a.hidden_units))
             .collect();
         let scale = p.zeros("scale", &[a.dim as i64]);
         let pre = spec.preprocess.tensors(p.device());
-        Ok(Nice {
-            spec,
-            pre,
-            couplings,
-            scale,
-        })
+        Ok(Nice { spec, pre, couplings, scale })
     }
 
     pub fn spec(&self) -> &FlowSpec {
@@ -74,8 +56,7 @@ impl Nice {
 
     /// The learned log-scales s (one per latent dimension).
     pub fn log_scales(&self) -> Vec<f64> {
-        Vec::<f64>::try_from(self.scale.to_kind(Kind::Double).to_device(tch::Device::Cpu))
-            .unwrap_or_default()
+        Vec::<f64>::try_from(self.scale.to_kind(Kind::Double).to_device(tch::Device::Cpu)).unwrap_or_default()
     }
 
     fn check(&self, x: &Tensor) -> Result<(), FlowError> {
@@ -84,9 +65,7 @@ impl Nice {
         match size.as_slice() {
             [_, d] if *d == expected => Ok(()),
             [_, d] => Err(FlowError::Shape { expected, got: *d }),
-            _ => Err(FlowError::InvalidSpec(format!(
-                "expected a 2-D batch, got shape {size:?}"
-            ))),
+            _ => Err(FlowError::InvalidSpec(format!("expected a 2-D batch, got shape {size:?}"))),
         }
     }
 
@@ -109,11 +88,7 @@ impl Nice {
     /// Exact log p(x) per row in nats (f64): Σ log p(z_d) + Σ s_d + log|det J_pre|.
     pub fn log_prob(&self, x: &Tensor) -> Result<Tensor, FlowError> {
         let (z, log_det) = self.encode(x)?;
-        let prior = self
-            .spec
-            .prior
-            .log_density(&z)
-            .sum_dim_intlist(1, false, Kind::Double);
+        let prior = self.spec.prior.log_density(&z).sum_dim_intlist(1, false, Kind::Double);
         Ok(prior + log_det)
     }
 
@@ -131,22 +106,14 @@ impl Nice {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let d = self.dim();
         let z = self.spec.prior.draw(&mut rng, n * d);
-        let z = Tensor::f_from_slice(&z)?
-            .f_view([n as i64, d as i64])?
-            .to_device(self.scale.device())
-            * temperature;
+        let z = Tensor::f_from_slice(&z)?.f_view([n as i64, d as i64])?.to_device(self.scale.device()) * temperature;
         self.decode(&z)
     }
 
     /// Completes the coordinates where `missing` is true (same shape as x, 1.0 = missing) by
     /// projected gradient ascent on log p(x), the observed ones held fixed. Deterministic given
     /// `opts.seed`. Needs autograd, so it turns grad mode on locally.
-    pub fn inpaint(
-        &self,
-        x: &Tensor,
-        missing: &Tensor,
-        opts: &InpaintOptions,
-    ) -> Result<Tensor, FlowError> {
+    pub fn inpaint(&self, x: &Tensor, missing: &Tensor, opts: &InpaintOptions) -> Result<Tensor, FlowError> {
         self.check(x)?;
         if x.size() != missing.size() {
             return Err(FlowError::InvalidSpec(format!(
@@ -166,12 +133,8 @@ impl Nice {
             None => vec![0.0; len],
         };
         let start = match &self.pre {
-            PreprocessTensors::Standardize { mean, .. } if domain.is_none() => {
-                mean.expand_as(x).shallow_clone()
-            }
-            _ => Tensor::f_from_slice(&start)?
-                .view(x.size().as_slice())
-                .to_device(device),
+            PreprocessTensors::Standardize { mean, .. } if domain.is_none() => mean.expand_as(x).shallow_clone(),
+            _ => Tensor::f_from_slice(&start)?.view(x.size().as_slice()).to_device(device),
         };
         let observed = 1.0 - &missing;
         let mut cur = x.to_kind(Kind::Float) * &observed + start * &missing;
@@ -186,14 +149,9 @@ impl Nice {
             let mut update = grad * step;
             if opts.noise > 0.0 {
                 let noise: Vec<f32> = (0..len)
-                    .map(|_| {
-                        (rng.sample::<f64, _>(rand_distr::StandardNormal) * opts.noise * step)
-                            as f32
-                    })
+                    .map(|_| (rng.sample::<f64, _>(rand_distr::StandardNormal) * opts.noise * step) as f32)
                     .collect();
-                update += Tensor::f_from_slice(&noise)?
-                    .view(x.size().as_slice())
-                    .to_device(device);
+                update += Tensor::f_from_slice(&noise)?.view(x.size().as_slice()).to_device(device);
             }
             cur = (cur + update * &missing).detach();
             if let Some((lo, hi)) = domain {

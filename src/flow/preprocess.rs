@@ -57,12 +57,8 @@ impl Preprocess {
         match self {
             Preprocess::Identity => PreprocessTensors::Identity,
             Preprocess::Standardize { mean, std } => PreprocessTensors::Standardize {
-                mean: Tensor::from_slice(mean)
-                    .to_kind(Kind::Float)
-                    .to_device(device),
-                std: Tensor::from_slice(std)
-                    .to_kind(Kind::Float)
-                    .to_device(device),
+                mean: Tensor::from_slice(mean).to_kind(Kind::Float).to_device(device),
+                std: Tensor::from_slice(std).to_kind(Kind::Float).to_device(device),
                 log_det: -std.iter().map(|s| s.ln()).sum::<f64>(),
             },
             Preprocess::Logit { alpha } => PreprocessTensors::Logit { alpha: *alpha },
@@ -75,14 +71,8 @@ impl Preprocess {
 #[derive(Debug)]
 pub(super) enum PreprocessTensors {
     Identity,
-    Standardize {
-        mean: Tensor,
-        std: Tensor,
-        log_det: f64,
-    },
-    Logit {
-        alpha: f64,
-    },
+    Standardize { mean: Tensor, std: Tensor, log_det: f64 },
+    Logit { alpha: f64 },
 }
 
 impl PreprocessTensors {
@@ -100,8 +90,7 @@ impl PreprocessTensors {
                 let h = &log_u - &log_1mu;
                 let dim = x.size()[1] as f64;
                 let per_dim = -(log_u + log_1mu);
-                let log_det = per_dim.sum_dim_intlist(1, false, Kind::Double)
-                    + dim * (1.0 - 2.0 * alpha).ln();
+                let log_det = per_dim.sum_dim_intlist(1, false, Kind::Double) + dim * (1.0 - 2.0 * alpha).ln();
                 (h, log_det)
             }
         }

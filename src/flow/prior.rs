@@ -41,9 +41,7 @@ impl Prior {
                     (u.ln() - (1.0 - u).ln()) as f32
                 })
                 .collect(),
-            Prior::Gaussian => (0..len)
-                .map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal) as f32)
-                .collect(),
+            Prior::Gaussian => (0..len).map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal) as f32).collect(),
         }
     }
 }

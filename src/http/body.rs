@@ -23,9 +23,7 @@ impl Matrix {
     /// Checks the row width against the model and the row count against the limit.
     pub fn check(&self, what: &str, dim: usize, max_rows: usize) -> Result<(), ApiError> {
         if self.rows == 0 {
-            return Err(ApiError::BadRequest(format!(
-                "`{what}` is empty: send at least one row"
-            )));
+            return Err(ApiError::BadRequest(format!("`{what}` is empty: send at least one row")));
         }
         if self.cols != dim {
             return Err(ApiError::BadRequest(format!(
@@ -47,11 +45,7 @@ impl Matrix {
         let Some((lo, hi)) = domain else {
             return Ok(());
         };
-        match self
-            .data
-            .iter()
-            .position(|v| !(lo..=hi).contains(&(*v as f64)))
-        {
+        match self.data.iter().position(|v| !(lo..=hi).contains(&(*v as f64))) {
             None => Ok(()),
             Some(i) => Err(ApiError::BadRequest(format!(
                 "`{what}` row {} column {} is {}, outside the model's input range [{lo}, {hi}]",
@@ -80,10 +74,7 @@ impl<'de> Visitor<'de> for MatrixVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Matrix, A::Error> {
         let mut m = Matrix::default();
-        while let Some(cols) = seq.next_element_seed(RowSeed {
-            data: &mut m.data,
-            row: m.rows,
-        })? {
+        while let Some(cols) = seq.next_element_seed(RowSeed { data: &mut m.data, row: m.rows })? {
             if m.rows == 0 {
                 m.cols = cols;
             } else if cols != m.cols {
@@ -169,11 +160,7 @@ impl<S: Send + Sync> FromRequest<S> for Body {
                 ApiError::BadRequest(format!("could not read the request body: {rejection}"))
             }
         })?;
-        Ok(if kind {
-            Body::Npy(bytes)
-        } else {
-            Body::Json(bytes)
-        })
+        Ok(if kind { Body::Npy(bytes) } else { Body::Json(bytes) })
     }
 }
 
@@ -182,14 +169,7 @@ fn content_kind(headers: &HeaderMap) -> Result<bool, ApiError> {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return Ok(false);
     };
-    let ct = ct
-        .to_str()
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ct = ct.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match ct.as_str() {
         "application/json" | "" => Ok(false),
         NPY => Ok(true),
@@ -201,19 +181,14 @@ fn content_kind(headers: &HeaderMap) -> Result<bool, ApiError> {
 
 /// Parses a JSON body into `T`, with serde's message (which names the field and position).
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 /// Parses an NPY body into rows.
 pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, ApiError> {
     let ds = crate::data::from_npy_bytes(bytes, "request body")
         .map_err(|e| ApiError::BadRequest(format!("invalid NPY body: {e}")))?;
-    Ok(Matrix {
-        rows: ds.n,
-        cols: ds.dim,
-        data: ds.rows,
-    })
+    Ok(Matrix { rows: ds.n, cols: ds.dim, data: ds.rows })
 }
 
 /// Whether the client asked for NPY back.
@@ -225,15 +200,8 @@ pub fn wants_npy(headers: &HeaderMap) -> bool {
 }
 
 /// An NPY response.
-pub fn npy_response<T: npyz::AutoSerialize + Copy>(
-    data: &[T],
-    shape: &[u64],
-) -> Result<Response, ApiError> {
+pub fn npy_response<T: npyz::AutoSerialize + Copy>(data: &[T], shape: &[u64]) -> Result<Response, ApiError> {
     let bytes = crate::data::npy_bytes(data, shape)
         .map_err(|e| ApiError::Engine(crate::engine::EngineError::Inference(e.to_string())))?;
-    Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static(NPY))],
-        bytes,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(NPY))], bytes).into_response())
 }

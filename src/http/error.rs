@@ -18,6 +18,12 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("missing bearer token: send `Authorization: Bearer <admin token>`")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -31,14 +37,15 @@ impl ApiError {
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Engine(e) => match e {
                 EngineError::Overloaded | EngineError::Timeout(_) | EngineError::Stopped => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
                 EngineError::ModelChanged { .. } => StatusCode::CONFLICT,
-                EngineError::Store(_) | EngineError::Inference(_) => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
+                EngineError::Store(_) | EngineError::Inference(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
     }
@@ -62,9 +69,7 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, Json(ErrorBody { error: message })).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

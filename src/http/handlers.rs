@@ -138,10 +138,7 @@ pub struct SamplesResponse<'a> {
 }
 
 fn model_ref(info: &ModelInfo) -> ModelRef {
-    ModelRef {
-        name: info.card.name.clone(),
-        version: info.card.version.clone(),
-    }
+    ModelRef { name: info.card.name.clone(), version: info.card.version.clone() }
 }
 
 fn with_model(mut response: Response, info: &ModelInfo) -> Response {
@@ -165,18 +162,14 @@ fn inputs(state: &AppState, body: Body, info: &ModelInfo) -> Result<Matrix, ApiE
 fn log_probs(scored: Scored) -> Result<(Vec<f64>, Arc<ModelInfo>), ApiError> {
     match scored.output {
         Output::LogProb(lp) => Ok((lp, scored.model)),
-        _ => Err(ApiError::Engine(crate::engine::EngineError::Inference(
-            "unexpected output".into(),
-        ))),
+        _ => Err(ApiError::Engine(crate::engine::EngineError::Inference("unexpected output".into()))),
     }
 }
 
 fn rows_output(scored: Scored) -> Result<(Vec<f32>, Arc<ModelInfo>), ApiError> {
     match scored.output {
         Output::Rows(rows) => Ok((rows, scored.model)),
-        _ => Err(ApiError::Engine(crate::engine::EngineError::Inference(
-            "unexpected output".into(),
-        ))),
+        _ => Err(ApiError::Engine(crate::engine::EngineError::Inference("unexpected output".into()))),
     }
 }
 
@@ -190,31 +183,19 @@ fn rows_output(scored: Scored) -> Result<(Vec<f32>, Arc<ModelInfo>), ApiError> {
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
         (status = 503, description = "overloaded; retry after `Retry-After`", body = ErrorBody)
     ))]
-pub async fn log_prob(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+pub async fn log_prob(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let info = state.engine.info();
     let m = inputs(&state, body, &info)?;
     let (lp, model) = log_probs(state.engine.submit(Task::LogProb { rows: m.data }).await?)?;
     let (dim, eight_bit) = (model.dim(), model.card.input.eight_bit);
-    let bpd: Vec<f64> = lp
-        .iter()
-        .map(|v| bits_per_dim(*v, dim, eight_bit))
-        .collect();
+    let bpd: Vec<f64> = lp.iter().map(|v| bits_per_dim(*v, dim, eight_bit)).collect();
     for b in &bpd {
         state.metrics.scored_bits_per_dim.observe(*b);
     }
     let response = if wants_npy(&headers) {
         npy_response(&lp, &[lp.len() as u64])?
     } else {
-        Json(LogProbResponse {
-            log_prob: lp,
-            bits_per_dim: bpd,
-            model: model_ref(&model),
-        })
-        .into_response()
+        Json(LogProbResponse { log_prob: lp, bits_per_dim: bpd, model: model_ref(&model) }).into_response()
     };
     Ok(with_model(response, &model))
 }
@@ -235,13 +216,7 @@ pub async fn score(
     let (m, policy) = match body {
         Body::Json(b) => {
             let r = parse_json::<ScoreRequest>(&b)?;
-            (
-                r.inputs,
-                ThresholdQuery {
-                    threshold: r.threshold,
-                    contamination: r.contamination,
-                },
-            )
+            (r.inputs, ThresholdQuery { threshold: r.threshold, contamination: r.contamination })
         }
         Body::Npy(b) => (parse_npy(&b)?, query),
     };
@@ -252,29 +227,14 @@ pub async fn score(
     // The scoring model may have been swapped in meanwhile: use its own calibration.
     let threshold = resolve_threshold(&model, &policy)?;
     let calibration = model.card.calibration.as_ref();
-    let percentile = lp
-        .iter()
-        .map(|v| calibration.map_or(f64::NAN, |c| c.percentile(*v)))
-        .collect();
+    let percentile = lp.iter().map(|v| calibration.map_or(f64::NAN, |c| c.percentile(*v))).collect();
     let is_anomaly: Vec<bool> = lp.iter().map(|v| *v < threshold).collect();
     let (dim, eight_bit) = (model.dim(), model.card.input.eight_bit);
     for v in &lp {
-        state
-            .metrics
-            .scored_bits_per_dim
-            .observe(bits_per_dim(*v, dim, eight_bit));
+        state.metrics.scored_bits_per_dim.observe(bits_per_dim(*v, dim, eight_bit));
     }
-    state
-        .metrics
-        .anomalies
-        .inc_by(is_anomaly.iter().filter(|a| **a).count() as u64);
-    let response = ScoreResponse {
-        log_prob: lp,
-        percentile,
-        is_anomaly,
-        threshold,
-        model: model_ref(&model),
-    };
+    state.metrics.anomalies.inc_by(is_anomaly.iter().filter(|a| **a).count() as u64);
+    let response = ScoreResponse { log_prob: lp, percentile, is_anomaly, threshold, model: model_ref(&model) };
     Ok(with_model(Json(response).into_response(), &model))
 }
 
@@ -289,9 +249,7 @@ fn resolve_threshold(info: &ModelInfo, policy: &ThresholdQuery) -> Result<f64, A
                 return bad("`contamination` must be in (0, 1)");
             }
             match &info.card.calibration {
-                Some(cal) => cal
-                    .quantile(c)
-                    .map_err(|e| ApiError::BadRequest(e.to_string())),
+                Some(cal) => cal.quantile(c).map_err(|e| ApiError::BadRequest(e.to_string())),
                 None => bad("this model has no calibration data; pass `threshold`"),
             }
         }
@@ -306,34 +264,20 @@ fn resolve_threshold(info: &ModelInfo, policy: &ThresholdQuery) -> Result<f64, A
     request_body(content((InputsRequest = "application/json"), (Vec<u8> = "application/x-npy"))),
     responses((status = 200, description = "latents z = f(x) (NPY float32 [n, D] with Accept)", body = EncodeResponse),
         (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn encode(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+pub async fn encode(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let info = state.engine.info();
     let m = inputs(&state, body, &info)?;
     let scored = state.engine.submit(Task::Encode { rows: m.data }).await?;
     let model = scored.model;
     let Output::Encode { latents, log_prob } = scored.output else {
-        return Err(ApiError::Engine(crate::engine::EngineError::Inference(
-            "unexpected output".into(),
-        )));
+        return Err(ApiError::Engine(crate::engine::EngineError::Inference("unexpected output".into())));
     };
     let dim = model.dim();
     let response = if wants_npy(&headers) {
         npy_response(&latents, &[(latents.len() / dim) as u64, dim as u64])?
     } else {
-        let latents = RowsOut {
-            data: &latents,
-            cols: dim,
-        };
-        Json(EncodeResponse {
-            latents,
-            log_prob,
-            model: model_ref(&model),
-        })
-        .into_response()
+        let latents = RowsOut { data: &latents, cols: dim };
+        Json(EncodeResponse { latents, log_prob, model: model_ref(&model) }).into_response()
     };
     Ok(with_model(response, &model))
 }
@@ -341,27 +285,15 @@ pub async fn encode(
 #[utoipa::path(post, path = "/decode", tag = "latents",
     request_body(content((DecodeRequest = "application/json"), (Vec<u8> = "application/x-npy"))),
     responses((status = 200, body = OutputsResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn decode(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+pub async fn decode(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let info = state.engine.info();
     let m = match body {
         Body::Json(b) => parse_json::<DecodeRequest>(&b)?.latents,
         Body::Npy(b) => parse_npy(&b)?,
     };
     m.check("latents", info.dim(), state.limits.max_rows)?;
-    let (rows, model) = rows_output(
-        state
-            .engine
-            .submit(Task::Decode { latents: m.data })
-            .await?,
-    )?;
-    Ok(with_model(
-        rows_response(&headers, &rows, model.dim(), &model, false)?,
-        &model,
-    ))
+    let (rows, model) = rows_output(state.engine.submit(Task::Decode { latents: m.data }).await?)?;
+    Ok(with_model(rows_response(&headers, &rows, model.dim(), &model, false)?, &model))
 }
 
 fn rows_response(
@@ -374,22 +306,11 @@ fn rows_response(
     if wants_npy(headers) {
         return npy_response(rows, &[(rows.len() / dim) as u64, dim as u64]);
     }
-    let out = RowsOut {
-        data: rows,
-        cols: dim,
-    };
+    let out = RowsOut { data: rows, cols: dim };
     Ok(if samples {
-        Json(SamplesResponse {
-            samples: out,
-            model: model_ref(model),
-        })
-        .into_response()
+        Json(SamplesResponse { samples: out, model: model_ref(model) }).into_response()
     } else {
-        Json(OutputsResponse {
-            outputs: out,
-            model: model_ref(model),
-        })
-        .into_response()
+        Json(OutputsResponse { outputs: out, model: model_ref(model) }).into_response()
     })
 }
 
@@ -403,39 +324,24 @@ pub async fn sample(
 ) -> Result<Response, ApiError> {
     let n = q.n.unwrap_or(16);
     if n <= 0 {
-        return Err(ApiError::BadRequest(format!(
-            "`n` must be at least 1, got {n}"
-        )));
+        return Err(ApiError::BadRequest(format!("`n` must be at least 1, got {n}")));
     }
     if n as u64 > state.limits.max_samples as u64 {
-        return Err(ApiError::BadRequest(format!(
-            "`n` is {n}; the limit is {}",
-            state.limits.max_samples
-        )));
+        return Err(ApiError::BadRequest(format!("`n` is {n}; the limit is {}", state.limits.max_samples)));
     }
     let temperature = q.temperature.unwrap_or(1.0);
     if !(temperature.is_finite() && temperature > 0.0) {
-        return Err(ApiError::BadRequest(format!(
-            "`temperature` must be a positive number, got {temperature}"
-        )));
+        return Err(ApiError::BadRequest(format!("`temperature` must be a positive number, got {temperature}")));
     }
     let format = q.format.as_deref().unwrap_or("json");
     let info = state.engine.info();
     if format == "png" && info.card.image_shape().is_none() {
-        return Err(ApiError::BadRequest(
-            "`format=png` needs an image model".into(),
-        ));
+        return Err(ApiError::BadRequest("`format=png` needs an image model".into()));
     }
     if !matches!(format, "json" | "npy" | "png") {
-        return Err(ApiError::BadRequest(format!(
-            "`format` must be json, npy or png, got `{format}`"
-        )));
+        return Err(ApiError::BadRequest(format!("`format` must be json, npy or png, got `{format}`")));
     }
-    let task = Task::Sample {
-        n: n as usize,
-        seed: q.seed.unwrap_or(0),
-        temperature,
-    };
+    let task = Task::Sample { n: n as usize, seed: q.seed.unwrap_or(0), temperature };
     let (rows, model) = rows_output(state.engine.submit(task).await?)?;
     let dim = model.dim();
     let response = match (format, model.card.image_shape()) {
@@ -445,11 +351,7 @@ pub async fn sample(
             let cols = (n as f64).sqrt().ceil() as usize;
             crate::image::write_png_grid(&mut png, &rows, n, h, w, cols)
                 .map_err(|e| ApiError::BadRequest(format!("cannot draw the samples: {e}")))?;
-            (
-                [(header::CONTENT_TYPE, HeaderValue::from_static("image/png"))],
-                png,
-            )
-                .into_response()
+            ([(header::CONTENT_TYPE, HeaderValue::from_static("image/png"))], png).into_response()
         }
         ("npy", _) => npy_response(&rows, &[(rows.len() / dim) as u64, dim as u64])?,
         _ => rows_response(&headers, &rows, dim, &model, true)?,
@@ -459,24 +361,16 @@ pub async fn sample(
 
 #[utoipa::path(post, path = "/inpaint", tag = "generation", request_body = InpaintRequest,
     responses((status = 200, body = OutputsResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn inpaint(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+pub async fn inpaint(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let info = state.engine.info();
     let r = match body {
         Body::Json(b) => parse_json::<InpaintRequest>(&b)?,
         Body::Npy(_) => {
-            return Err(ApiError::UnsupportedMediaType(
-                "/inpaint takes JSON (inputs and mask)".into(),
-            ));
+            return Err(ApiError::UnsupportedMediaType("/inpaint takes JSON (inputs and mask)".into()));
         }
     };
-    r.inputs
-        .check("inputs", info.dim(), state.limits.max_rows)?;
-    r.inputs
-        .check_domain("inputs", info.card.preprocess.domain())?;
+    r.inputs.check("inputs", info.dim(), state.limits.max_rows)?;
+    r.inputs.check_domain("inputs", info.card.preprocess.domain())?;
     if r.mask.rows != r.inputs.rows || r.mask.cols != r.inputs.cols {
         return Err(ApiError::BadRequest(format!(
             "`mask` is {}×{}, `inputs` is {}×{}: they must have the same shape",
@@ -507,20 +401,11 @@ pub async fn inpaint(
     if !(options.step_size.is_finite() && options.step_size > 0.0)
         || !(options.noise.is_finite() && options.noise >= 0.0)
     {
-        return Err(ApiError::BadRequest(
-            "`step_size` must be > 0 and `noise` ≥ 0".into(),
-        ));
+        return Err(ApiError::BadRequest("`step_size` must be > 0 and `noise` ≥ 0".into()));
     }
-    let task = Task::Inpaint {
-        rows: r.inputs.data,
-        missing: r.mask.data,
-        options,
-    };
+    let task = Task::Inpaint { rows: r.inputs.data, missing: r.mask.data, options };
     let (rows, model) = rows_output(state.engine.submit(task).await?)?;
-    Ok(with_model(
-        rows_response(&headers, &rows, model.dim(), &model, false)?,
-        &model,
-    ))
+    Ok(with_model(rows_response(&headers, &rows, model.dim(), &model, false)?, &model))
 }
 
 #[utoipa::path(get, path = "/model", tag = "service",
@@ -548,13 +433,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         let info = state.engine.info();
         Json(serde_json::json!({"status": "ready", "model": model_ref(&info)})).into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(ErrorBody {
-                error: "not ready".into(),
-            }),
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error: "not ready".into() })).into_response()
     }
 }
 

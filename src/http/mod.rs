@@ -1,5 +1,6 @@
 //! The HTTP layer: routes, limits, request ids, logs and metrics. Handlers never touch tensors;
 //! they talk to the engine.
+mod admin;
 mod body;
 mod error;
 mod handlers;
@@ -8,13 +9,16 @@ pub use error::ApiError;
 pub use handlers::MODEL_HEADER;
 
 use crate::engine::Engine;
+use crate::jobs::Jobs;
 use crate::metrics::Metrics;
+use crate::store::Registry;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::HeaderName;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use std::sync::Arc;
 use std::time::Instant;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -28,6 +32,8 @@ pub struct Limits {
     pub max_rows: usize,
     pub max_samples: usize,
     pub max_inpaint_steps: usize,
+    /// Most rows a training request may upload.
+    pub max_upload_rows: usize,
 }
 
 impl Default for Limits {
@@ -37,6 +43,7 @@ impl Default for Limits {
             max_rows: 10_000,
             max_samples: 1024,
             max_inpaint_steps: 2000,
+            max_upload_rows: 100_000,
         }
     }
 }
@@ -46,6 +53,21 @@ pub struct AppState {
     pub engine: Engine,
     pub metrics: Metrics,
     pub limits: Limits,
+    /// Where model versions live (`<root>/<name>/<version>/`).
+    pub registry: Registry,
+    /// Admin routes exist only when this is set.
+    pub admin_token: Option<Arc<str>>,
+    /// Background training; None disables /train.
+    pub jobs: Option<Jobs>,
+}
+
+impl AppState {
+    /// Scoring only: no admin routes, no training.
+    pub fn new(engine: Engine, metrics: Metrics, limits: Limits) -> AppState {
+        let registry =
+            Registry::new(engine.info().dir.parent().and_then(|p| p.parent()).unwrap_or(std::path::Path::new(".")));
+        AppState { engine, metrics, limits, registry, admin_token: None, jobs: None }
+    }
 }
 
 #[derive(OpenApi)]
@@ -64,17 +86,45 @@ pub struct AppState {
         handlers::model,
         handlers::health,
         handlers::ready,
-        handlers::metrics
-    )
+        handlers::metrics,
+        admin::start_training,
+        admin::list_jobs,
+        admin::job,
+        admin::cancel_job,
+        admin::list_models,
+        admin::activate
+    ),
+    modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole service as a router; tests drive it with `oneshot`, `serve` puts it on a socket.
 pub fn router(state: AppState) -> Router {
     let max_body = state.limits.max_body_bytes;
+    let admin = Router::new()
+        .route("/train", post(admin::start_training).get(admin::list_jobs))
+        .route("/train/{id}", get(admin::job).delete(admin::cancel_job))
+        .route("/models/{name}/{version}/activate", post(admin::activate))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin::require_admin));
+    let admin = if state.admin_token.is_some() { admin } else { Router::new() };
     Router::new()
+        .merge(admin)
+        .route("/models", get(admin::list_models))
         .route("/log_prob", post(handlers::log_prob))
         .route("/score", post(handlers::score))
         .route("/encode", post(handlers::encode))
@@ -107,26 +157,15 @@ pub fn router(state: AppState) -> Router {
 /// Request count, latency and in-flight gauge, labelled by the matched route (never the raw
 /// path, which would explode the label set).
 async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
     let started = Instant::now();
     state.metrics.in_flight.inc();
     let response = next.run(req).await;
     state.metrics.in_flight.dec();
     let status = response.status().as_u16().to_string();
-    state
-        .metrics
-        .requests
-        .with_label_values(&[&route, &method, &status])
-        .inc();
-    state
-        .metrics
-        .request_seconds
-        .with_label_values(&[&route])
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.requests.with_label_values(&[&route, &method, &status]).inc();
+    state.metrics.request_seconds.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
     response
 }

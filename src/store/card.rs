@@ -95,39 +95,24 @@ impl ModelCard {
             input,
             training: None,
             calibration: None,
-            weights: WeightsRef {
-                file: super::WEIGHTS_FILE.into(),
-                sha256: String::new(),
-            },
+            weights: WeightsRef { file: super::WEIGHTS_FILE.into(), sha256: String::new() },
         }
     }
 
     /// Parses and validates a card; errors name the file and what is wrong.
     pub fn from_json(text: &str, path: &Path) -> Result<ModelCard, StoreError> {
-        let card_err = |message: String| StoreError::Card {
-            path: path.to_path_buf(),
-            message,
-        };
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| card_err(e.to_string()))?;
+        let card_err = |message: String| StoreError::Card { path: path.to_path_buf(), message };
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| card_err(e.to_string()))?;
         let found = value.get("format_version").and_then(|v| v.as_u64());
         match found {
             None => return Err(card_err("missing or non-integer format_version".into())),
             Some(v) if v != u64::from(FORMAT_VERSION) => {
-                return Err(StoreError::Version {
-                    path: path.to_path_buf(),
-                    found: v.min(u32::MAX as u64) as u32,
-                })
+                return Err(StoreError::Version { path: path.to_path_buf(), found: v.min(u32::MAX as u64) as u32 })
             }
             Some(_) => {}
         }
         let card: ModelCard = serde_json::from_value(value).map_err(|e| card_err(e.to_string()))?;
-        card.flow_spec()
-            .validate()
-            .map_err(|source| StoreError::Spec {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        card.flow_spec().validate().map_err(|source| StoreError::Spec { path: path.to_path_buf(), source })?;
         let dim: usize = card.input.shape.iter().product();
         if dim != card.architecture.dim {
             return Err(card_err(format!(
@@ -136,8 +121,7 @@ impl ModelCard {
             )));
         }
         if let Some(c) = &card.calibration {
-            c.validate()
-                .map_err(|e| card_err(format!("calibration: {e}")))?;
+            c.validate().map_err(|e| card_err(format!("calibration: {e}")))?;
         }
         Ok(card)
     }

@@ -115,10 +115,7 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.threshold_quantile) {
             return bad("threshold_quantile must be in [0, 1]");
         }
-        if self
-            .max_seconds
-            .is_some_and(|s| !(s.is_finite() && s > 0.0))
-        {
+        if self.max_seconds.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
             return bad("max_seconds must be > 0");
         }
         Ok(())

@@ -36,6 +36,8 @@ pub enum TrainError {
 pub trait Observer {
     fn on_batch(&mut self, _epoch: usize, _done: usize, _total: usize) {}
     fn on_epoch(&mut self, _record: &EpochRecord, _best_val: f64) {}
+    /// Called after every epoch with the current weights, e.g. to write a checkpoint.
+    fn on_checkpoint(&mut self, _model: &mut Model) {}
     fn cancelled(&self) -> bool {
         false
     }
@@ -69,13 +71,7 @@ pub fn train(
         let n = train.n.min(4096) as i64;
         model.nice.init_scale_from_data(&x_train.narrow(0, 0, n))?;
     }
-    let adam = nn::Adam {
-        beta1: cfg.beta1,
-        beta2: cfg.beta2,
-        wd: 0.0,
-        eps: cfg.eps,
-        amsgrad: false,
-    };
+    let adam = nn::Adam { beta1: cfg.beta1, beta2: cfg.beta2, wd: 0.0, eps: cfg.eps, amsgrad: false };
     let mut opt = adam.build(&model.vs, cfg.lr)?;
 
     let dim = train.dim;
@@ -84,10 +80,7 @@ pub fn train(
     let mut history = Vec::new();
     let mut best: Option<(f64, usize, BTreeMap<String, Tensor>)> = None;
     let mut stale = 0;
-    let out_of_time = |t: &Instant| {
-        cfg.max_seconds
-            .is_some_and(|m| t.elapsed().as_secs_f64() >= m)
-    };
+    let out_of_time = |t: &Instant| cfg.max_seconds.is_some_and(|m| t.elapsed().as_secs_f64() >= m);
 
     for epoch in 1..=cfg.epochs {
         let epoch_start = Instant::now();
@@ -143,14 +136,14 @@ pub fn train(
         }
         let best_val = best.as_ref().map_or(val_ll, |b| b.0);
         observer.on_epoch(&record, best_val);
+        observer.on_checkpoint(&mut model);
         history.push(record);
         if stale >= cfg.patience || out_of_time(&started) {
             break;
         }
     }
 
-    let (best_val, best_epoch, weights) =
-        best.ok_or_else(|| TrainError::Config("no epoch ran".into()))?;
+    let (best_val, best_epoch, weights) = best.ok_or_else(|| TrainError::Config("no epoch ran".into()))?;
     restore(&model, &weights);
     let val_lp = log_probs(&model.nice, val)?;
     let calibration = Calibration::from_log_probs(&val_lp, cfg.threshold_quantile)
@@ -200,28 +193,15 @@ fn rows_tensor(d: &Dataset) -> Result<Tensor, TrainError> {
     Ok(Tensor::f_from_slice(&d.rows)?.f_view([d.n as i64, d.dim as i64])?)
 }
 
-fn check_data(
-    cfg: &TrainConfig,
-    train: &Dataset,
-    val: &Dataset,
-    test: Option<&Dataset>,
-) -> Result<(), TrainError> {
+fn check_data(cfg: &TrainConfig, train: &Dataset, val: &Dataset, test: Option<&Dataset>) -> Result<(), TrainError> {
     if train.n < 2 {
-        return Err(TrainError::Data(format!(
-            "{}: need at least 2 training rows, got {}",
-            train.source, train.n
-        )));
+        return Err(TrainError::Data(format!("{}: need at least 2 training rows, got {}", train.source, train.n)));
     }
     if val.n == 0 {
-        return Err(TrainError::Data(
-            "the validation split is empty; use more rows or a larger --val-fraction".into(),
-        ));
+        return Err(TrainError::Data("the validation split is empty; use more rows or a larger --val-fraction".into()));
     }
     if train.dim < 2 {
-        return Err(TrainError::Data(format!(
-            "{}: NICE needs at least 2 columns, got {}",
-            train.source, train.dim
-        )));
+        return Err(TrainError::Data(format!("{}: NICE needs at least 2 columns, got {}", train.source, train.dim)));
     }
     for d in std::iter::once(val).chain(test) {
         if d.dim != train.dim {
@@ -258,9 +238,7 @@ fn check_data(
 fn new_card(cfg: &TrainConfig, train: &Dataset) -> Result<ModelCard, TrainError> {
     let preprocess = match cfg.preprocess_for(train) {
         PreprocessChoice::Identity => Preprocess::Identity,
-        PreprocessChoice::Logit => Preprocess::Logit {
-            alpha: cfg.logit_alpha,
-        },
+        PreprocessChoice::Logit => Preprocess::Logit { alpha: cfg.logit_alpha },
         PreprocessChoice::Standardize | PreprocessChoice::Auto => {
             let (mean, std) = train.feature_stats();
             Preprocess::Standardize { mean, std }
@@ -276,26 +254,13 @@ fn new_card(cfg: &TrainConfig, train: &Dataset) -> Result<ModelCard, TrainError>
         Some([h, w]) => vec![h, w],
         None => vec![train.dim],
     };
-    let input = InputSpec {
-        shape,
-        eight_bit: train.eight_bit,
-    };
-    Ok(ModelCard::new(
-        &cfg.name,
-        architecture,
-        cfg.prior,
-        preprocess,
-        input,
-    ))
+    let input = InputSpec { shape, eight_bit: train.eight_bit };
+    Ok(ModelCard::new(&cfg.name, architecture, cfg.prior, preprocess, input))
 }
 
 fn snapshot(model: &Model) -> BTreeMap<String, Tensor> {
     let _guard = tch::no_grad_guard();
-    model
-        .named_tensors()
-        .into_iter()
-        .map(|(k, v)| (k, v.copy()))
-        .collect()
+    model.named_tensors().into_iter().map(|(k, v)| (k, v.copy())).collect()
 }
 
 fn restore(model: &Model, weights: &BTreeMap<String, Tensor>) {

@@ -9,22 +9,8 @@ use tch::{Device, Kind, Tensor};
 /// A small model with every weight random (a fresh model's couplings are the identity, which
 /// would make exactness tests too easy).
 pub fn random_model(dim: usize, prior: Prior, preprocess: Preprocess, seed: u64) -> Model {
-    let arch = Architecture {
-        dim,
-        couplings: 4,
-        hidden_layers: 2,
-        hidden_units: 16,
-    };
-    let card = ModelCard::new(
-        "test",
-        arch,
-        prior,
-        preprocess,
-        InputSpec {
-            shape: vec![dim],
-            eight_bit: false,
-        },
-    );
+    let arch = Architecture { dim, couplings: 4, hidden_layers: 2, hidden_units: 16 };
+    let card = ModelCard::new("test", arch, prior, preprocess, InputSpec { shape: vec![dim], eight_bit: false });
     let model = Model::new(card, Device::Cpu).expect("model");
     randomize(&model, seed, 0.4);
     model
@@ -34,9 +20,7 @@ pub fn randomize(model: &Model, seed: u64, std: f64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let _guard = tch::no_grad_guard();
     for (_, mut v) in model.named_tensors() {
-        let vals: Vec<f32> = (0..v.numel())
-            .map(|_| (rng.gen::<f64>() * 2.0 - 1.0) as f32 * std as f32 * 1.7)
-            .collect();
+        let vals: Vec<f32> = (0..v.numel()).map(|_| (rng.gen::<f64>() * 2.0 - 1.0) as f32 * std as f32 * 1.7).collect();
         v.copy_(&Tensor::from_slice(&vals).view(v.size().as_slice()));
     }
 }
@@ -61,10 +45,7 @@ pub fn to_vec(t: &Tensor) -> Vec<f64> {
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
 }
 
 pub const FASHION_TEST: &str = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";

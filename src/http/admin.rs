@@ -1,0 +1,234 @@
+//! Admin routes (bearer token): training jobs and model activation. Mounted only when a token
+//! is configured. Also the public model listing.
+use super::body::{parse_json, parse_npy, Body, Matrix};
+use super::error::{ApiError, ErrorBody};
+use super::handlers::AppQuery;
+use super::AppState;
+use crate::data::Dataset;
+use crate::jobs::{DatasetSpec, JobError, JobSpec, JobStatus, Promotion};
+use crate::store::ModelId;
+use crate::train::TrainConfig;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use utoipa::{IntoParams, ToSchema};
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        match e {
+            JobError::Busy(_) | JobError::Finished(_) => ApiError::Conflict(e.to_string()),
+            JobError::BadRequest(m) => ApiError::BadRequest(m),
+            JobError::Forbidden(m) => ApiError::Forbidden(m),
+            JobError::NotFound(_) => ApiError::NotFound(e.to_string()),
+        }
+    }
+}
+
+/// 401 without a bearer token, 403 with the wrong one.
+pub async fn require_admin(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
+    let Some(expected) = state.admin_token.as_deref() else {
+        return Err(ApiError::NotFound("admin routes are disabled (no admin token configured)".into()));
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        return Err(ApiError::Forbidden("wrong admin token".into()));
+    }
+    Ok(next.run(req).await)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainRequest {
+    /// Model name; the new model becomes the next version of it (default: the live model's).
+    pub name: Option<String>,
+    /// A file in the server's data folder...
+    pub dataset: Option<DatasetSpec>,
+    /// ...or the rows themselves.
+    #[schema(value_type = Option<Vec<Vec<f64>>>)]
+    pub inputs: Option<Matrix>,
+    pub promote: Option<Promotion>,
+    /// Hyperparameters overriding the defaults of `flowscore train` (same names, snake_case).
+    #[schema(value_type = Option<Object>)]
+    pub config: Option<serde_json::Value>,
+}
+
+/// For NPY uploads, where the body is the rows.
+#[derive(Deserialize, IntoParams)]
+pub struct TrainQuery {
+    pub name: Option<String>,
+    pub promote: Option<Promotion>,
+    pub epochs: Option<usize>,
+    pub max_seconds: Option<f64>,
+    pub seed: Option<u64>,
+}
+
+/// Defaults of `flowscore train` with the request's overrides; unknown names are refused.
+fn merge_config(overrides: Option<serde_json::Value>) -> Result<TrainConfig, ApiError> {
+    let mut base = serde_json::to_value(TrainConfig::default()).unwrap_or_default();
+    if let Some(over) = overrides {
+        let serde_json::Value::Object(over) = over else {
+            return Err(ApiError::BadRequest("`config` must be an object".into()));
+        };
+        for (k, v) in over {
+            match base.get_mut(&k) {
+                Some(slot) if k != "name" => *slot = v,
+                _ => return Err(ApiError::BadRequest(format!("unknown hyperparameter `{k}` in `config`"))),
+            }
+        }
+    }
+    let config: TrainConfig =
+        serde_json::from_value(base).map_err(|e| ApiError::BadRequest(format!("`config`: {e}")))?;
+    config.validate().map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(config)
+}
+
+#[utoipa::path(post, path = "/train", tag = "admin", params(TrainQuery),
+    request_body(content((TrainRequest = "application/json"), (Vec<u8> = "application/x-npy"))),
+    responses((status = 202, description = "job accepted", body = JobStatus), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "a job is already queued or running", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn start_training(
+    State(state): State<AppState>,
+    AppQuery(query): AppQuery<TrainQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let jobs = state.jobs.clone().ok_or_else(|| ApiError::NotFound("training is not enabled".into()))?;
+    let (request, rows) = match body {
+        Body::Json(b) => {
+            let mut r = parse_json::<TrainRequest>(&b)?;
+            let rows = r.inputs.take();
+            (r, rows)
+        }
+        Body::Npy(b) => {
+            let mut config = serde_json::Map::new();
+            if let Some(e) = query.epochs {
+                config.insert("epochs".into(), e.into());
+            }
+            if let Some(s) = query.max_seconds {
+                config.insert("max_seconds".into(), s.into());
+            }
+            if let Some(s) = query.seed {
+                config.insert("seed".into(), s.into());
+            }
+            let r = TrainRequest {
+                name: query.name,
+                dataset: None,
+                inputs: None,
+                promote: query.promote,
+                config: Some(config.into()),
+            };
+            (r, Some(parse_npy(&b)?))
+        }
+    };
+    let config = merge_config(request.config)?;
+    let name = request.name.unwrap_or_else(|| state.engine.info().card.name.clone());
+    let promote = request.promote.unwrap_or_default();
+    let (data, described) = match (rows, request.dataset) {
+        (Some(_), Some(_)) => return Err(ApiError::BadRequest("give either `dataset` or `inputs`, not both".into())),
+        (None, None) => return Err(ApiError::BadRequest("missing training data: `dataset.path` or `inputs`".into())),
+        (Some(m), None) => {
+            if m.rows > state.limits.max_upload_rows {
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "{} uploaded rows; the limit is {} (put larger data in the data folder)",
+                    m.rows, state.limits.max_upload_rows
+                )));
+            }
+            let ds = Dataset::from_rows(m.data, m.rows, m.cols, "uploaded rows")
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            (ds, format!("{} uploaded rows", m.rows))
+        }
+        (None, Some(spec)) => {
+            let jobs = jobs.clone();
+            let described = spec.path.clone().unwrap_or_default();
+            let ds = tokio::task::spawn_blocking(move || jobs.load_dataset(&spec))
+                .await
+                .map_err(|e| ApiError::BadRequest(e.to_string()))??;
+            (ds, described)
+        }
+    };
+    if promote == Promotion::Always && data.dim != state.engine.info().dim() {
+        return Err(ApiError::BadRequest(format!(
+            "the data has {} columns but the live model takes {}; `promote: always` would break its clients (use `never` or `better`)",
+            data.dim,
+            state.engine.info().dim()
+        )));
+    }
+    let spec = JobSpec { name, dataset: described, promote, config };
+    let status = jobs.submit(spec, data)?;
+    Ok((StatusCode::ACCEPTED, Json(status)).into_response())
+}
+
+#[utoipa::path(get, path = "/train", tag = "admin", responses((status = 200, body = Vec<JobStatus>)), security(("bearer" = [])))]
+pub async fn list_jobs(State(state): State<AppState>) -> Result<Json<Vec<JobStatus>>, ApiError> {
+    let jobs = state.jobs.ok_or_else(|| ApiError::NotFound("training is not enabled".into()))?;
+    Ok(Json(jobs.list()))
+}
+
+#[utoipa::path(get, path = "/train/{id}", tag = "admin",
+    responses((status = 200, body = JobStatus), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobStatus>, ApiError> {
+    let jobs = state.jobs.ok_or_else(|| ApiError::NotFound("training is not enabled".into()))?;
+    Ok(Json(jobs.get(&id)?))
+}
+
+#[utoipa::path(delete, path = "/train/{id}", tag = "admin",
+    responses((status = 202, description = "cancelling (within one batch)", body = JobStatus), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let jobs = state.jobs.ok_or_else(|| ApiError::NotFound("training is not enabled".into()))?;
+    Ok((StatusCode::ACCEPTED, Json(jobs.cancel(&id)?)).into_response())
+}
+
+#[utoipa::path(get, path = "/models", tag = "models", responses((status = 200, description = "model names and versions with their cards")))]
+pub async fn list_models(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let registry = state.registry.clone();
+    let live = state.engine.info();
+    let list = tokio::task::spawn_blocking(move || registry.list()).await.unwrap_or_default();
+    let models: Vec<serde_json::Value> = list
+        .into_iter()
+        .map(|(id, mut card)| {
+            let is_live = card.name == live.card.name && card.version == live.card.version;
+            let summary = card
+                .calibration
+                .take()
+                .map(|c| serde_json::json!({"rows": c.log_probs.len(), "threshold": c.threshold}));
+            let mut card = serde_json::to_value(card).unwrap_or_default();
+            card["calibration"] = summary.unwrap_or_default();
+            if let Some(t) = card.get_mut("training").and_then(|t| t.as_object_mut()) {
+                t.remove("history");
+            }
+            serde_json::json!({"name": id.name, "version": id.version, "live": is_live, "card": card})
+        })
+        .collect();
+    Json(serde_json::json!({"live": {"name": live.card.name, "version": live.card.version}, "models": models}))
+}
+
+#[utoipa::path(post, path = "/models/{name}/{version}/activate", tag = "admin",
+    responses((status = 200, description = "now live"), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn activate(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = ModelId { name, version };
+    let dir = state.registry.dir(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if !dir.join(crate::store::CARD_FILE).exists() {
+        return Err(ApiError::NotFound(format!("no model {id}")));
+    }
+    let info = state.engine.swap(&dir).await.map_err(|e| match e {
+        crate::engine::EngineError::Store(s) => ApiError::Conflict(format!("model {id} cannot be loaded: {s}")),
+        other => ApiError::Engine(other),
+    })?;
+    state.metrics.swaps.inc();
+    state.registry.set_live(&id).map_err(|e| ApiError::Engine(crate::engine::EngineError::Store(e)))?;
+    Ok(Json(serde_json::json!({"live": {"name": info.card.name, "version": info.card.version}})))
+}

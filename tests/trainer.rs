@@ -1,0 +1,327 @@
+//! Background training over HTTP: train → promote → serve the new version, cancel, auth, bad
+//! datasets, hot swap under load with zero failures, and kill -9 in the middle of a job.
+mod common;
+
+use flowscore::serve::{build_state, serve_on, ServeArgs};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "s3cret";
+
+/// A models folder holding an untrained 3-column model `tab/1`, and a data folder with CSVs.
+fn workspace(tmp: &Path) -> (PathBuf, PathBuf) {
+    let (models, data) = (tmp.join("models"), tmp.join("data"));
+    std::fs::create_dir_all(&data).unwrap();
+    let arch = flowscore::flow::Architecture { dim: 3, couplings: 4, hidden_layers: 2, hidden_units: 32 };
+    let card = flowscore::store::ModelCard::new(
+        "tab",
+        arch,
+        flowscore::flow::Prior::Gaussian,
+        flowscore::flow::Preprocess::Identity,
+        flowscore::store::InputSpec { shape: vec![3], eight_bit: false },
+    );
+    let mut model = flowscore::store::Model::new(card, tch::Device::Cpu).unwrap();
+    flowscore::store::save(&mut model, &models.join("tab").join("1"), false).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut csv = String::from("x,y,z\n");
+    for _ in 0..3000 {
+        let (a, b): (f64, f64) = (rng.sample(rand_distr::StandardNormal), rng.sample(rand_distr::StandardNormal));
+        csv += &format!("{},{},{}\n", 3.0 + 2.0 * a, -1.0 + 0.5 * b, a * b);
+    }
+    std::fs::write(data.join("good.csv"), &csv).unwrap();
+    std::fs::write(data.join("text.csv"), "x,y,z\n1,2,abc\n").unwrap();
+    std::fs::write(data.join("nan.csv"), "x,y,z\n1,2,3\n1,NaN,3\n").unwrap();
+    (models, data)
+}
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+}
+
+async fn start(models: &Path, data: &Path, token: Option<&str>) -> Server {
+    let (m, d) = (models.to_str().unwrap().to_string(), data.to_str().unwrap().to_string());
+    let mut flags = vec!["--models-dir", &m, "--data-dir", &d];
+    if let Some(t) = token {
+        flags.extend(["--admin-token", t]);
+    }
+    let args = ServeArgs::from_flags(&flags).unwrap();
+    let state = build_state(&args).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(serve_on(listener, state, std::future::pending()));
+    Server { base: format!("http://{addr}"), client: reqwest::Client::new() }
+}
+
+impl Server {
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self.client.post(format!("{}{path}", self.base)).bearer_auth(TOKEN).json(&body).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.client.get(format!("{}{path}", self.base)).bearer_auth(TOKEN).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+    async fn wait_done(&self, id: &str, limit: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let (_, job) = self.get(&format!("/train/{id}")).await;
+            if !matches!(job["state"].as_str(), Some("queued" | "running")) {
+                return job;
+            }
+            assert!(start.elapsed() < limit, "job {id} still running: {job}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn small(epochs: usize) -> Value {
+    json!({"epochs": epochs, "hidden_units": 32, "hidden_layers": 2, "couplings": 4, "batch_size": 128})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn train_promote_and_serve_the_new_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (models, data) = workspace(tmp.path());
+    let s = start(&models, &data, Some(TOKEN)).await;
+    let row = json!({"inputs": [[3.0, -1.0, 0.0]]});
+    let (_, before) = s.post("/log_prob", row.clone()).await;
+    assert_eq!(before["model"], json!({"name": "tab", "version": "1"}));
+    let (status, job) = s.post("/train", json!({"dataset": {"path": "good.csv"}, "config": small(8)})).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let job = s.wait_done(&id, Duration::from_secs(120)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["model"], json!({"name": "tab", "version": "2"}));
+    assert_eq!(job["promoted"], true, "{job}");
+    assert_eq!(job["history"].as_array().unwrap().len(), job["epoch"].as_u64().unwrap() as usize);
+    // /log_prob now answers from version 2, with the new model's value.
+    let (status, after) = s.post("/log_prob", row).await;
+    assert_eq!(status, 200);
+    assert_eq!(after["model"], json!({"name": "tab", "version": "2"}));
+    let v2 = flowscore::store::load(&models.join("tab/2"), tch::Device::Cpu).unwrap();
+    let x = tch::Tensor::from_slice(&[3.0f32, -1.0, 0.0]).view([1, 3]);
+    let expected = tch::no_grad(|| v2.nice.log_prob(&x).unwrap().double_value(&[0]));
+    assert!((after["log_prob"][0].as_f64().unwrap() - expected).abs() < 1e-9);
+    // The choice is recorded, and the models listing shows both versions.
+    let live: Value = serde_json::from_str(&std::fs::read_to_string(models.join("live.json")).unwrap()).unwrap();
+    assert_eq!(live, json!({"name": "tab", "version": "2"}));
+    let (_, list) = s.get("/models").await;
+    let versions: Vec<&str> =
+        list["models"].as_array().unwrap().iter().map(|m| m["version"].as_str().unwrap()).collect();
+    assert_eq!(versions, ["1", "2"]);
+    // Metrics saw the job and the swap.
+    let text = s.client.get(format!("{}/metrics", s.base)).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("flowscore_train_jobs_total{outcome=\"succeeded\"} 1"), "{text}");
+    assert!(text.contains("flowscore_model_swaps_total 1"));
+    assert!(text.contains("flowscore_model_info{name=\"tab\",version=\"2\"} 1"));
+    // A worse model is not promoted under `better`; `never` never promotes.
+    let (_, job) =
+        s.post("/train", json!({"dataset": {"path": "good.csv"}, "promote": "never", "config": small(1)})).await;
+    let job = s.wait_done(job["id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!((job["state"].as_str(), job["promoted"].as_bool()), (Some("succeeded"), Some(false)));
+    let (_, now) = s.post("/log_prob", json!({"inputs": [[0.0, 0.0, 0.0]]})).await;
+    assert_eq!(now["model"]["version"], "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_stops_within_a_batch_and_writes_no_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (models, data) = workspace(tmp.path());
+    let s = start(&models, &data, Some(TOKEN)).await;
+    let (status, job) = s.post("/train", json!({"dataset": {"path": "good.csv"}, "config": small(10_000)})).await;
+    assert_eq!(status, 202);
+    let id = job["id"].as_str().unwrap().to_string();
+    // A second job while this one runs is refused.
+    let (status, body) = s.post("/train", json!({"dataset": {"path": "good.csv"}})).await;
+    assert_eq!(status, 409, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = s.client.delete(format!("{}/train/{id}", s.base)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let job = s.wait_done(&id, Duration::from_secs(10)).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert!(!models.join("tab/2").exists(), "a cancelled job wrote a model");
+    let (status, _) = s.get("/train/nope").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_routes_need_the_token_and_are_off_without_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (models, data) = workspace(tmp.path());
+    let s = start(&models, &data, Some(TOKEN)).await;
+    let url = format!("{}/train", s.base);
+    let body = json!({"dataset": {"path": "good.csv"}});
+    let r = s.client.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = s.client.post(&url).bearer_auth("wrong").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = s.client.post(format!("{}/models/tab/1/activate", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let off = start(&models, &data, None).await;
+    let r = off.client.post(format!("{}/train", off.base)).bearer_auth(TOKEN).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("error"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_datasets_are_refused_with_a_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (models, data) = workspace(tmp.path());
+    std::fs::write(tmp.path().join("secret.csv"), "x,y,z\n1,2,3\n").unwrap();
+    let s = start(&models, &data, Some(TOKEN)).await;
+    for (dataset, status, needle) in [
+        (json!({"path": "missing.csv"}), 400, "missing.csv"),
+        (json!({"path": "../secret.csv"}), 403, "outside"),
+        (json!({"path": "/etc/passwd"}), 403, "outside"),
+        (json!({"path": "text.csv"}), 400, "abc"),
+        (json!({"path": "nan.csv"}), 400, "line 3"),
+    ] {
+        let (got, body) = s.post("/train", json!({"dataset": dataset})).await;
+        assert_eq!(got, status, "{dataset}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(needle), "{dataset}: {body}");
+    }
+    let (got, body) = s.post("/train", json!({"inputs": [[1.0, 2.0, 3.0]], "config": {"epochz": 3}})).await;
+    assert_eq!(got, 400);
+    assert!(body["error"].as_str().unwrap().contains("epochz"));
+    let (got, body) = s.post("/train", json!({"inputs": [[1.0, 2.0], [1.0, 2.0]], "promote": "always"})).await;
+    assert_eq!(got, 400, "{body}");
+    // Uploaded rows of the wrong width under `better`: trained, but not promoted.
+    let rows: Vec<Vec<f64>> = (0..200).map(|i| vec![i as f64 / 10.0, (i % 7) as f64]).collect();
+    let (got, job) = s.post("/train", json!({"inputs": rows, "name": "other", "config": small(2)})).await;
+    assert_eq!(got, 202, "{job}");
+    let job = s.wait_done(job["id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(job["promoted"], false);
+    assert!(job["promotion_reason"].as_str().unwrap().contains("not comparable"), "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn swaps_under_load_fail_no_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (models, data) = workspace(tmp.path());
+    // A second version to swap between.
+    let mut v2 = flowscore::store::load(&models.join("tab/1"), tch::Device::Cpu).unwrap();
+    common::randomize(&v2, 5, 0.2);
+    v2.card.version = "2".into();
+    flowscore::store::save(&mut v2, &models.join("tab/2"), false).unwrap();
+    let s = start(&models, &data, Some(TOKEN)).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let (client, base, stop) = (s.client.clone(), s.base.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seen = std::collections::BTreeMap::<String, usize>::new();
+                let mut failures = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let r = client
+                        .post(format!("{base}/log_prob"))
+                        .json(&json!({"inputs": [[c as f64, 1.0, 2.0]]}))
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status() == 200 => {
+                            let v: Value = r.json().await.unwrap();
+                            *seen.entry(v["model"]["version"].as_str().unwrap().to_string()).or_default() += 1;
+                        }
+                        _ => failures += 1,
+                    }
+                }
+                (seen, failures)
+            })
+        })
+        .collect();
+    for i in 0..6 {
+        let version = if i % 2 == 0 { 2 } else { 1 };
+        let (status, body) = s.post(&format!("/models/tab/{version}/activate"), json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut versions = std::collections::BTreeSet::new();
+    for c in clients {
+        let (seen, failures) = c.await.unwrap();
+        assert_eq!(failures, 0, "requests failed during swaps");
+        versions.extend(seen.into_keys());
+    }
+    assert_eq!(versions.into_iter().collect::<Vec<_>>(), ["1", "2"]);
+    let (status, _) = s.post("/models/tab/9/activate", json!({})).await;
+    assert_eq!(status, 404);
+}
+
+/// kill -9 mid-training, restart: the job is marked failed with the reason, no half-written
+/// model folder exists, and every version folder loads.
+#[test]
+fn kill_during_training_then_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (models, data) = workspace(tmp.path());
+    let bin = env!("CARGO_BIN_EXE_flowscore");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let spawn = || {
+        std::process::Command::new(bin)
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--admin-token", TOKEN])
+            .arg("--models-dir")
+            .arg(&models)
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let wait_ready = |rt: &tokio::runtime::Runtime| {
+        let start = Instant::now();
+        while rt.block_on(client.get(format!("{base}/ready")).send()).map(|r| r.status() != 200).unwrap_or(true) {
+            assert!(start.elapsed() < Duration::from_secs(30), "server did not become ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut child = spawn();
+    wait_ready(&rt);
+    let job: Value = rt.block_on(async {
+        let r = client
+            .post(format!("{base}/train"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"dataset": {"path": "good.csv"}, "config": small(10_000)}))
+            .send()
+            .await
+            .unwrap();
+        r.json().await.unwrap()
+    });
+    let id = job["id"].as_str().unwrap().to_string();
+    // Wait for a checkpoint, so the kill lands mid-job with state on disk.
+    let checkpoint = models.join(".jobs").join(&id).join("checkpoint").join("card.json");
+    let start = Instant::now();
+    while !checkpoint.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no checkpoint written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let mut child = spawn();
+    wait_ready(&rt);
+    let job: Value = rt.block_on(async {
+        client.get(format!("{base}/train/{id}")).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(job["error"].as_str().unwrap().contains("interrupted"), "{job}");
+    // No half-written folders; every version that exists loads.
+    for entry in std::fs::read_dir(models.join("tab")).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(!name.starts_with('.'), "left a temporary folder {name}");
+        flowscore::store::load(&entry.path(), tch::Device::Cpu).unwrap();
+    }
+    flowscore::store::load(&checkpoint.parent().unwrap().to_path_buf(), tch::Device::Cpu).unwrap();
+}
