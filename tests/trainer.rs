@@ -323,5 +323,5 @@ fn kill_during_training_then_restart() {
         assert!(!name.starts_with('.'), "left a temporary folder {name}");
         flowscore::store::load(&entry.path(), tch::Device::Cpu).unwrap();
     }
-    flowscore::store::load(&checkpoint.parent().unwrap().to_path_buf(), tch::Device::Cpu).unwrap();
+    flowscore::store::load(checkpoint.parent().unwrap(), tch::Device::Cpu).unwrap();
 }

@@ -116,7 +116,7 @@ pub(super) fn parse_npy(bytes: &[u8], shown: &str, limit: Option<usize>) -> Resu
 
 /// Encodes `data` as an in-memory NPY array of `shape` (C order, little-endian).
 pub fn npy_bytes<T: npyz::AutoSerialize + Copy>(data: &[T], shape: &[u64]) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(data.len() * std::mem::size_of::<T>() + 128);
+    let mut out = Vec::with_capacity(std::mem::size_of_val(data) + 128);
     let mut w = npyz::WriteOptions::new().default_dtype().shape(shape).writer(&mut out).begin_nd()?;
     w.extend(data.iter().copied())?;
     w.finish()?;

@@ -137,6 +137,7 @@ impl Nice {
             _ => Tensor::f_from_slice(&start)?.view(x.size().as_slice()).to_device(device),
         };
         let observed = 1.0 - &missing;
+        let missing_mask = missing.gt(0.5);
         let mut cur = x.to_kind(Kind::Float) * &observed + start * &missing;
         for t in 0..opts.steps {
             let grad = tch::with_grad(|| -> Result<Tensor, FlowError> {
@@ -153,7 +154,9 @@ impl Nice {
                     .collect();
                 update += Tensor::f_from_slice(&noise)?.view(x.size().as_slice()).to_device(device);
             }
-            cur = (cur + update * &missing).detach();
+            // Observed coordinates are taken from `cur` itself, whatever the update holds (an
+            // overflowing update times 0 would be NaN).
+            cur = (&cur + update).where_self(&missing_mask, &cur).detach();
             if let Some((lo, hi)) = domain {
                 cur = cur.clamp(lo, hi);
             }

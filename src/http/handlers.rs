@@ -159,16 +159,34 @@ fn inputs(state: &AppState, body: Body, info: &ModelInfo) -> Result<Matrix, ApiE
     Ok(m)
 }
 
+/// Results that overflow (an input or parameter far outside the model's range) are refused by
+/// name rather than served as JSON nulls.
+fn ensure_finite<T: Copy + Into<f64>>(values: &[T], cols: usize, what: &str) -> Result<(), ApiError> {
+    match values.iter().position(|v| !(*v).into().is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(ApiError::BadRequest(format!(
+            "row {}: the {what} is not finite; the input or parameters are far outside the model's range",
+            i / cols.max(1)
+        ))),
+    }
+}
+
 fn log_probs(scored: Scored) -> Result<(Vec<f64>, Arc<ModelInfo>), ApiError> {
     match scored.output {
-        Output::LogProb(lp) => Ok((lp, scored.model)),
+        Output::LogProb(lp) => {
+            ensure_finite(&lp, 1, "log-density")?;
+            Ok((lp, scored.model))
+        }
         _ => Err(ApiError::Engine(crate::engine::EngineError::Inference("unexpected output".into()))),
     }
 }
 
 fn rows_output(scored: Scored) -> Result<(Vec<f32>, Arc<ModelInfo>), ApiError> {
     match scored.output {
-        Output::Rows(rows) => Ok((rows, scored.model)),
+        Output::Rows(rows) => {
+            ensure_finite(&rows, scored.model.dim(), "result")?;
+            Ok((rows, scored.model))
+        }
         _ => Err(ApiError::Engine(crate::engine::EngineError::Inference("unexpected output".into()))),
     }
 }
@@ -216,7 +234,12 @@ pub async fn score(
     let (m, policy) = match body {
         Body::Json(b) => {
             let r = parse_json::<ScoreRequest>(&b)?;
-            (r.inputs, ThresholdQuery { threshold: r.threshold, contamination: r.contamination })
+            // The body's policy wins; the query string fills in what the body leaves out.
+            let policy = match (r.threshold, r.contamination) {
+                (None, None) => query,
+                (threshold, contamination) => ThresholdQuery { threshold, contamination },
+            };
+            (r.inputs, policy)
         }
         Body::Npy(b) => (parse_npy(&b)?, query),
     };
@@ -273,6 +296,8 @@ pub async fn encode(State(state): State<AppState>, headers: HeaderMap, body: Bod
         return Err(ApiError::Engine(crate::engine::EngineError::Inference("unexpected output".into())));
     };
     let dim = model.dim();
+    ensure_finite(&latents, dim, "latent")?;
+    ensure_finite(&log_prob, 1, "log-density")?;
     let response = if wants_npy(&headers) {
         npy_response(&latents, &[(latents.len() / dim) as u64, dim as u64])?
     } else {
@@ -398,9 +423,9 @@ pub async fn inpaint(State(state): State<AppState>, headers: HeaderMap, body: Bo
             options.steps, state.limits.max_inpaint_steps
         )));
     }
-    if !(options.step_size.is_finite() && options.step_size > 0.0)
-        || !(options.noise.is_finite() && options.noise >= 0.0)
-    {
+    let valid =
+        options.step_size.is_finite() && options.step_size > 0.0 && options.noise.is_finite() && options.noise >= 0.0;
+    if !valid {
         return Err(ApiError::BadRequest("`step_size` must be > 0 and `noise` ≥ 0".into()));
     }
     let task = Task::Inpaint { rows: r.inputs.data, missing: r.mask.data, options };

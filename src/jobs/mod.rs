@@ -381,7 +381,7 @@ struct JobObserver {
 
 impl Observer for JobObserver {
     fn on_batch(&mut self, epoch: usize, done: usize, total: usize) {
-        if done % 10 == 0 || done == total {
+        if done.is_multiple_of(10) || done == total {
             let progress = done as f64 / total.max(1) as f64;
             self.jobs.inner.metrics.train_progress.set(progress);
             let mut jobs = self.jobs.lock();
