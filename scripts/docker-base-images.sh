@@ -9,7 +9,8 @@
 #                             pages or locales; apt lists cleaned), then `docker import`.
 #   prom/prometheus:v2.42.0   FROM that base, with Debian's `prometheus` package (2.42.0, the
 #                             same release as the upstream tag), laid out like the upstream
-#                             image: ENTRYPOINT /bin/prometheus (bookworm's merged /usr makes
+#                             image (wget for health checks, as busybox has it upstream):
+#                             ENTRYPOINT /bin/prometheus (bookworm's merged /usr makes
 #                             that /usr/bin/prometheus; elsewhere a symlink is added), config in
 #                             /etc/prometheus/prometheus.yml, data in /prometheus, user nobody,
 #                             port 9090.
@@ -114,10 +115,10 @@ build_prometheus() {
   fi
   echo "$PROMETHEUS_TAG: Debian's prometheus package on $DEBIAN_TAG"
   # The layout of the upstream image, so compose.yaml works unchanged with the real one.
-  $NICE docker build --network host -t "$PROMETHEUS_TAG" - <<EOF
+  $NICE docker build -t "$PROMETHEUS_TAG" - <<EOF
 FROM $DEBIAN_TAG
 RUN apt-get update \\
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus wget \\
  && rm -rf /var/lib/apt/lists/* \\
  && { [ -e /bin/prometheus ] || ln -s /usr/bin/prometheus /bin/prometheus; } \\
  && { [ -e /bin/promtool ] || ln -s /usr/bin/promtool /bin/promtool; } \\

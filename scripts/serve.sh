@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# Builds flowscore and runs it on the shipped default model. Extra arguments go to the command.
+# Builds flowscore and serves the shipped default model (models/fashion-mnist/1) on
+# 127.0.0.1:8080. Extra arguments go to `flowscore serve` (e.g. --bind 0.0.0.0:8080).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release
-model=models/fashion-mnist/1
-./target/release/flowscore inspect --model "$model"
-./target/release/flowscore sample --model "$model" -n 64 --seed 0 --out samples.png
+exec ./target/release/flowscore serve --models-dir models "$@"

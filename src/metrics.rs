@@ -1,5 +1,6 @@
 //! Every Prometheus metric flowscore exports, declared in one place. The registry is owned by
-//! `Metrics` (not global), so each test or server gets its own.
+//! `Metrics` (not global), so each test or server gets its own. The `expect`s below can only
+//! fail on a malformed or duplicate static name, a programming error every test would hit.
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use tch::{Device, Tensor};
+use tch::Device;
 
 #[derive(Debug, Parser)]
 #[command(name = "flowscore", version, about = "Exact density scoring with NICE normalizing flows")]
@@ -362,9 +362,4 @@ fn inspect_cmd(a: InspectArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Rows as a [n, dim] f32 tensor; `rows.len()` must be n * dim.
-pub fn rows_to_tensor(rows: &[f32], dim: usize) -> Result<Tensor> {
-    Ok(Tensor::f_from_slice(rows)?.f_view([(rows.len() / dim) as i64, dim as i64])?)
 }
