@@ -5,8 +5,6 @@ use tch::{nn, nn::Module, Device, Kind, Tensor};
 pub(super) struct Coupling {
     keep: Tensor,
     other: Tensor,
-    /// Puts [keep | other] columns back in natural order.
-    unpermute: Tensor,
     mlp: Vec<nn::Linear>,
 }
 
@@ -17,11 +15,6 @@ impl Coupling {
     pub(super) fn new(p: &nn::Path, dim: usize, parity: usize, hidden_layers: usize, units: usize) -> Coupling {
         let keep: Vec<i64> = (0..dim as i64).filter(|i| *i as usize % 2 == parity).collect();
         let other: Vec<i64> = (0..dim as i64).filter(|i| *i as usize % 2 != parity).collect();
-        let mut order: Vec<i64> = keep.iter().chain(other.iter()).copied().collect();
-        let mut unpermute = vec![0i64; dim];
-        for (pos, col) in order.drain(..).enumerate() {
-            unpermute[col as usize] = pos as i64;
-        }
         let units = units as i64;
         let mut mlp = Vec::with_capacity(hidden_layers + 1);
         let layers = p / "layer";
@@ -33,7 +26,7 @@ impl Coupling {
         let zero = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };
         mlp.push(nn::linear(&layers / hidden_layers, fan_in, other.len() as i64, zero));
         let device = p.device();
-        Coupling { keep: index(&keep, device), other: index(&other, device), unpermute: index(&unpermute, device), mlp }
+        Coupling { keep: index(&keep, device), other: index(&other, device), mlp }
     }
 
     fn shift(&self, keep: &Tensor) -> Tensor {
@@ -48,16 +41,16 @@ impl Coupling {
         })
     }
 
+    /// y = x with m(x_keep) added to the other coordinates: one gather, the MLP and one
+    /// scatter-add, with no reassembly of the halves.
     pub(super) fn forward(&self, x: &Tensor) -> Tensor {
-        let keep = x.index_select(1, &self.keep);
-        let other = x.index_select(1, &self.other) + self.shift(&keep);
-        Tensor::cat(&[keep, other], 1).index_select(1, &self.unpermute)
+        let shift = self.shift(&x.index_select(1, &self.keep));
+        x.index_add(1, &self.other, &shift)
     }
 
     pub(super) fn inverse(&self, y: &Tensor) -> Tensor {
-        let keep = y.index_select(1, &self.keep);
-        let other = y.index_select(1, &self.other) - self.shift(&keep);
-        Tensor::cat(&[keep, other], 1).index_select(1, &self.unpermute)
+        let shift = self.shift(&y.index_select(1, &self.keep));
+        y.index_add(1, &self.other, &-shift)
     }
 }
 
