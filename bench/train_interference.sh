@@ -10,7 +10,7 @@ PORT=${PORT:-18090}
 TOKEN=bench-token
 out=bench/out/interference; rm -rf "$out"; mkdir -p "$out/models" "$out/data"
 cp -r models/fashion-mnist "$out/models/"
-ln -sf /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz "$out/data/"
+cp /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz "$out/data/"
 .venv/bin/python bench/make_bodies.py --out "$out/bodies" --dim 784 >/dev/null
 ./target/release/flowscore --threads 2 serve --bind 127.0.0.1:$PORT --models-dir "$out/models" \
   --data-dir "$out/data" --admin-token $TOKEN --train-threads 1 >"$out/server.log" 2>&1 &
