@@ -8,7 +8,8 @@
 #      flowscore_http_requests_total;
 #   4. POST /train (admin token from docker/flowscore.env) trains a small model "e2e" on 300
 #      uploaded rows, and the job succeeds;
-#   5. after `restart`, GET /models still lists that model (the volume kept it);
+#   5. after `restart`, GET /models still lists that model (the volume kept it), and the live
+#      model is still the one that was live before (the job said `promote: never`);
 #   6. `down -v` removes everything it made (also on failure: trap).
 # Exits non-zero on any failure. Prints the image size and the up-to-ready time.
 #
@@ -70,6 +71,12 @@ trap cleanup EXIT
 # --- images ---------------------------------------------------------------------------
 scripts/docker-base-images.sh
 if [ "${E2E_SKIP_BUILD:-0}" != 1 ]; then
+  # Behind a TLS-intercepting proxy the builder must trust what the host trusts (see
+  # docker/ca-certificates/README.md).
+  if ! ls docker/ca-certificates/*.crt >/dev/null 2>&1 && ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+    cp /usr/local/share/ca-certificates/*.crt docker/ca-certificates/
+    say "copied the host's local CA certificates into docker/ca-certificates/ for the build"
+  fi
   say "building $FLOWSCORE_IMAGE (docker/Dockerfile)"
   t0=$(now)
   # The heavy RUN steps nice themselves inside the build container.
@@ -155,6 +162,13 @@ until curl -fsS --max-time 5 "$prom/api/v1/targets" -o "$tmp/targets.json" 2>/de
   sleep 1
 done
 say "prometheus: target flowscore:8080 is up"
+pid=$(compose ps -q prometheus)
+deadline=$((SECONDS + 90))
+until [ "$(docker inspect -f '{{.State.Health.Status}}' "$pid")" = healthy ]; do
+  [ "$SECONDS" -lt "$deadline" ] || fail "prometheus container is not healthy"
+  sleep 1
+done
+say "prometheus: container healthy (/-/ready)"
 deadline=$((SECONDS + 60))
 until curl -fsS --max-time 5 -G "$prom/api/v1/query" --data-urlencode 'query=flowscore_http_requests_total{route="/log_prob"}' \
   -o "$tmp/query.json" 2>/dev/null && [ "$(json "len(d['data']['result'])" <"$tmp/query.json")" -gt 0 ]; do
@@ -164,6 +178,8 @@ done
 say "prometheus: flowscore_http_requests_total{route=\"/log_prob\"} = $(json "d['data']['result'][0]['value'][1]" <"$tmp/query.json")"
 
 # --- training over the API ------------------------------------------------------------
+curl -fsS --max-time 10 "$fs/models" -o "$tmp/models.json" || fail "GET /models"
+live_before=$(json "d['live']['name'] + '/' + d['live']['version']" <"$tmp/models.json")
 python3 - "$tmp/train.json" <<'PY'
 import json, random, sys
 rng = random.Random(1)
@@ -199,7 +215,9 @@ wait_healthy
 curl -fsS --max-time 10 "$fs/models" -o "$tmp/models.json" || fail "GET /models"
 [ "$(json "any(m['name'] + '/' + m['version'] == '$trained' for m in d['models'])" <"$tmp/models.json")" = True ] ||
   fail "after restart, GET /models does not list $trained: $(head -c 600 "$tmp/models.json")"
-say "after restart: /models lists $(json "', '.join(m['name'] + '/' + m['version'] for m in d['models'])" <"$tmp/models.json"); live $(json "d['live']['name'] + '/' + d['live']['version']" <"$tmp/models.json")"
+live_after=$(json "d['live']['name'] + '/' + d['live']['version']" <"$tmp/models.json")
+say "after restart: /models lists $(json "', '.join(m['name'] + '/' + m['version'] for m in d['models'])" <"$tmp/models.json"); live $live_after"
+[ "$live_after" = "$live_before" ] || fail "the live model changed from $live_before to $live_after across the restart (promote: never)"
 code=$(curl -sS --max-time 30 -o /dev/null -w '%{http_code}' -X POST "$fs/log_prob" \
   -H 'content-type: application/json' --data-binary @"$tmp/rows.json")
 [ "$code" = 200 ] || fail "POST /log_prob after restart: HTTP $code"

@@ -106,6 +106,15 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState> {
     let registry = Registry::new(&args.models_dir);
     registry.clean_temporaries();
     let dir = resolve_model(&registry, args.model.as_deref())?;
+    // Record the first choice, so a model trained later under another name does not become
+    // live on the next restart just by sorting first.
+    if registry.live().is_none() {
+        if let Some(id) =
+            registry.list().into_iter().map(|(id, _)| id).find(|id| registry.dir(id).is_ok_and(|d| d == dir))
+        {
+            registry.set_live(&id)?;
+        }
+    }
     let metrics = Metrics::new();
     let engine = {
         let (dir, config, metrics) = (dir.clone(), args.engine_config(), metrics.clone());

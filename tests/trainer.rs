@@ -133,6 +133,9 @@ async fn cancel_stops_within_a_batch_and_writes_no_model() {
     let tmp = tempfile::tempdir().unwrap();
     let (models, data) = workspace(tmp.path());
     let s = start(&models, &data, Some(TOKEN)).await;
+    // The first start records what it serves, so later versions of other names don't take over.
+    let live: Value = serde_json::from_str(&std::fs::read_to_string(models.join("live.json")).unwrap()).unwrap();
+    assert_eq!(live, json!({"name": "tab", "version": "1"}));
     let (status, job) = s.post("/train", json!({"dataset": {"path": "good.csv"}, "config": small(10_000)})).await;
     assert_eq!(status, 202);
     let id = job["id"].as_str().unwrap().to_string();
