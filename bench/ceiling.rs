@@ -3,13 +3,16 @@
 //! 1-row latency at concurrency 1 with `single_row_ms_*`.
 //!
 //! Usage: cargo bench --bench ceiling -- [--model DIR] [--batch 512] [--threads 2]
-//!        [--seconds 8] [--single-seconds 5]
+//!        [--seconds 8] [--single-seconds 5] [--curve 8,16,32,64] [--curve-seconds 2]
 //! (Unknown arguments such as cargo's `--bench` are ignored.)
 //!
-//! Prints two parseable lines:
-//!   ceiling_rows_per_s=<batch / median batch time> batch=.. threads=.. batch_ms_median=..
-//!     batch_ms_p90=.. mean_rows_per_s=.. iters=..
-//!   single_row_ms_median=.. single_row_ms_p99=.. single_row_ms_min=.. iters=..
+//! Both forward paths are timed: `plain` (tch's GEMMs) and `packed` (MKL-packed weights, what
+//! the server runs where available; see src/flow/packed.rs). Per path it prints `path=NAME`
+//! lines with the batch throughput, the single-row latency and rows/s at the `--curve` batch
+//! sizes; then two parseable summary lines, taken from the faster path:
+//!   ceiling_rows_per_s=<batch / median batch time> path=.. rows_per_s=.. batch=.. threads=..
+//!     batch_ms_median=.. batch_ms_p90=.. mean_rows_per_s=.. iters=..
+//!   single_row_ms_median=.. single_row_ms_p99=.. single_row_ms_min=.. iters=.. path=..
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
@@ -20,6 +23,9 @@ struct Args {
     threads: i32,
     seconds: f64,
     single_seconds: f64,
+    /// Small batch sizes to time as well (rows/s per size).
+    curve: Vec<i64>,
+    curve_seconds: f64,
 }
 
 fn bad(name: &str) -> ! {
@@ -41,6 +47,8 @@ fn parse_args() -> Args {
         threads: 2,
         seconds: 8.0,
         single_seconds: 5.0,
+        curve: vec![8, 16, 32, 64],
+        curve_seconds: 2.0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -53,6 +61,12 @@ fn parse_args() -> Args {
             "--threads" => a.threads = positive(name, val),
             "--seconds" => a.seconds = positive(name, val),
             "--single-seconds" => a.single_seconds = positive(name, val),
+            "--curve" => {
+                let list = val.unwrap_or_else(|| bad(name));
+                a.curve =
+                    list.split(',').filter(|s| !s.is_empty()).map(|v| positive(name, Some(&v.to_string()))).collect();
+            }
+            "--curve-seconds" => a.curve_seconds = positive(name, val),
             _ => {
                 // Not ours (e.g. cargo's `--bench`): skip it alone.
                 i += 1;
@@ -87,18 +101,18 @@ fn time_it(warmup: usize, min_iters: usize, max_iters: usize, budget: Duration, 
     times
 }
 
-fn main() {
-    let args = parse_args();
-    tch::set_num_threads(args.threads);
-    tch::manual_seed(0);
-    let _guard = tch::no_grad_guard();
-    let model = match flowscore::store::load(&args.model, Device::Cpu) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("ceiling: cannot load {}: {e}", args.model.display());
-            std::process::exit(1);
-        }
-    };
+struct Measured {
+    path: &'static str,
+    rows_per_s: f64,
+    batch_line: String,
+    single_median: f64,
+    single_line: String,
+    curve: Vec<(i64, f64)>,
+}
+
+/// Times one model: batch throughput at `args.batch`, the single-row latency, and rows/s at a few
+/// small batch sizes (what the dynamic batcher forms from single-row clients).
+fn measure(path: &'static str, model: &flowscore::store::Model, args: &Args) -> Measured {
     let dim = model.nice.dim() as i64;
     let score = |x: &Tensor| -> f64 {
         let lp = model.nice.log_prob(x).expect("log_prob");
@@ -113,9 +127,9 @@ fn main() {
     });
     let median = percentile(&times, 50.0);
     let total: f64 = times.iter().sum();
-    println!(
-        "ceiling_rows_per_s={:.1} batch={} threads={} batch_ms_median={median:.3} batch_ms_p90={:.3} mean_rows_per_s={:.1} iters={} model={}",
-        args.batch as f64 * 1e3 / median,
+    let rows_per_s = args.batch as f64 * 1e3 / median;
+    let batch_line = format!(
+        "rows_per_s={rows_per_s:.1} batch={} threads={} batch_ms_median={median:.3} batch_ms_p90={:.3} mean_rows_per_s={:.1} iters={} model={}",
         args.batch,
         args.threads,
         percentile(&times, 90.0),
@@ -124,18 +138,72 @@ fn main() {
         args.model.display()
     );
 
-    // Single-row compute latency: a fresh [1, D] row each call is not needed (no caching in
-    // libtorch); the same row keeps the measurement to the forward pass alone.
+    // Single-row compute latency; the same row every call keeps the measurement to the forward
+    // pass alone (libtorch caches nothing).
     let x1 = Tensor::rand([1, dim], (Kind::Float, Device::Cpu));
     let times = time_it(20, 200, 20_000, Duration::from_secs_f64(args.single_seconds), || {
         std::hint::black_box(score(&x1));
     });
-    println!(
-        "single_row_ms_median={:.4} single_row_ms_p99={:.4} single_row_ms_min={:.4} iters={} threads={}",
-        percentile(&times, 50.0),
+    let single_median = percentile(&times, 50.0);
+    let single_line = format!(
+        "single_row_ms_median={single_median:.4} single_row_ms_p99={:.4} single_row_ms_min={:.4} iters={} threads={}",
         percentile(&times, 99.0),
         times[0],
         times.len(),
         args.threads
     );
+
+    let curve = args
+        .curve
+        .iter()
+        .map(|&b| {
+            let x = Tensor::rand([b, dim], (Kind::Float, Device::Cpu));
+            let times = time_it(2, 5, 10_000, Duration::from_secs_f64(args.curve_seconds), || {
+                std::hint::black_box(score(&x));
+            });
+            (b, b as f64 * 1e3 / percentile(&times, 50.0))
+        })
+        .collect();
+    Measured { path, rows_per_s, batch_line, single_median, single_line, curve }
+}
+
+fn load(args: &Args) -> flowscore::store::Model {
+    match flowscore::store::load(&args.model, Device::Cpu) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("ceiling: cannot load {}: {e}", args.model.display());
+            std::process::exit(1);
+        }
+    }
+}
+
+fn main() {
+    let args = parse_args();
+    tch::set_num_threads(args.threads);
+    tch::manual_seed(0);
+    let _guard = tch::no_grad_guard();
+
+    // Both forward paths: the plain tch one, and the one with MKL-packed weights that the
+    // server uses where available. The ceiling is the faster of the two at `--batch`, so that
+    // the served/ceiling ratios are never flattered by a slow reference.
+    let mut results = vec![measure("plain", &load(&args), &args)];
+    let mut packed_model = load(&args);
+    if packed_model.nice.pack_for_inference() > 0 {
+        results.push(measure("packed", &packed_model, &args));
+    } else {
+        println!("# packed GEMM unavailable in this libtorch: plain path only");
+    }
+    drop(packed_model);
+    for r in &results {
+        println!("path={} {}", r.path, r.batch_line);
+        println!("path={} {}", r.path, r.single_line);
+        let curve: Vec<String> = r.curve.iter().map(|(b, v)| format!("{b}:{v:.0}")).collect();
+        if !curve.is_empty() {
+            println!("path={} rows_per_s_by_batch={}", r.path, curve.join(","));
+        }
+    }
+    let best = results.iter().max_by(|a, b| a.rows_per_s.total_cmp(&b.rows_per_s)).expect("one result");
+    let fastest_single = results.iter().min_by(|a, b| a.single_median.total_cmp(&b.single_median)).expect("one result");
+    println!("ceiling_rows_per_s={:.1} path={} {}", best.rows_per_s, best.path, best.batch_line);
+    println!("{} path={}", fastest_single.single_line, fastest_single.path);
 }

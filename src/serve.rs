@@ -56,8 +56,9 @@ pub struct ServeArgs {
     /// Row budget of one merged forward pass.
     #[arg(long, env = "FLOWSCORE_MAX_BATCH_ROWS", default_value_t = 1024)]
     pub max_batch_rows: usize,
-    /// Extra wait for more requests once a batch has merged some, microseconds.
-    #[arg(long, env = "FLOWSCORE_MAX_WAIT_US", default_value_t = 500)]
+    /// Longest a batch waits for the requests it expects (as many as the last batch merged),
+    /// microseconds. A lone client never waits.
+    #[arg(long, env = "FLOWSCORE_MAX_WAIT_US", default_value_t = 2000)]
     pub max_wait_us: u64,
     /// Requests that may wait for inference; more are refused with 503 + Retry-After.
     #[arg(long, env = "FLOWSCORE_QUEUE_DEPTH", default_value_t = 1024)]

@@ -31,21 +31,33 @@ fn reference_log_prob(model: &flowscore::store::Model, row: &[f64]) -> f64 {
     prior + logabsdet.double_value(&[])
 }
 
+/// Checks f32 log_prob of `rows` against the f64 autograd reference, on the plain forward path
+/// and (where this libtorch has MKL) on the packed-weights path the server uses.
 fn check_exact(dim: usize, prior: Prior, preprocess: Preprocess, rows: Tensor, seed: u64) {
-    let model = random_model(dim, prior, preprocess.clone(), seed);
-    let lp32 = {
-        let _g = tch::no_grad_guard();
-        to_vec(&model.nice.log_prob(&rows).expect("log_prob"))
-    };
+    let plain = random_model(dim, prior, preprocess.clone(), seed);
+    let mut packed = random_model(dim, prior, preprocess.clone(), seed);
+    let mut paths = vec![("plain", plain)];
+    if packed.nice.pack_for_inference() > 0 {
+        paths.push(("packed", packed));
+    }
     // The same weights in f64 for the reference.
     let mut model64 = random_model(dim, prior, preprocess, seed);
     model64.vs.double();
     let rows64 = rows.to_kind(Kind::Double);
-    for (i, lp) in lp32.iter().enumerate() {
-        let row = to_vec(&rows64.get(i as i64));
-        let reference = reference_log_prob(&model64, &row);
-        let rel = (lp - reference).abs() / reference.abs().max(1.0);
-        assert!(rel < 1e-4, "D={dim} {prior:?} row {i}: log_prob {lp} vs autograd reference {reference} (rel {rel:e})");
+    let references: Vec<f64> =
+        (0..rows.size()[0]).map(|i| reference_log_prob(&model64, &to_vec(&rows64.get(i)))).collect();
+    for (path, model) in &paths {
+        let lp32 = {
+            let _g = tch::no_grad_guard();
+            to_vec(&model.nice.log_prob(&rows).expect("log_prob"))
+        };
+        for (i, (lp, reference)) in lp32.iter().zip(&references).enumerate() {
+            let rel = (lp - reference).abs() / reference.abs().max(1.0);
+            assert!(
+                rel < 1e-4,
+                "D={dim} {prior:?} {path} row {i}: log_prob {lp} vs autograd reference {reference} (rel {rel:e})"
+            );
+        }
     }
 }
 
@@ -65,14 +77,31 @@ fn log_prob_matches_autograd_jacobian() {
 
 #[test]
 fn batch_equals_rows() {
-    let model = random_model(5, Prior::Logistic, standardize(5, 3), 3);
+    let plain = random_model(5, Prior::Logistic, standardize(5, 3), 3);
+    let mut packed = random_model(5, Prior::Logistic, standardize(5, 3), 3);
+    let packed_bytes = packed.nice.pack_for_inference();
+    assert_eq!(packed_bytes > 0, flowscore::flow::packed::available());
     let _g = tch::no_grad_guard();
     let x = random_rows(32, 5, -4.0, 4.0, 9);
-    let batch = to_vec(&model.nice.log_prob(&x).unwrap());
-    for (i, lp) in batch.iter().enumerate() {
-        let single = model.nice.log_prob(&x.narrow(0, i as i64, 1)).unwrap().double_value(&[0]);
-        // f32 matrix products block differently by batch size: equal to float rounding.
-        assert!((lp - single).abs() <= 1e-5 * lp.abs().max(1.0), "row {i}: {lp} vs {single}");
+    let reference = to_vec(&plain.nice.log_prob(&x).unwrap());
+    // Every batch size the server may form, on both paths (1 and 2 rows run plain even when
+    // packed; 3 and more run packed), against the plain full batch.
+    for model in [&plain, &packed] {
+        for size in [1, 2, 3, 7, 32] {
+            for start in (0..32).step_by(size) {
+                let n = size.min(32 - start);
+                let part = to_vec(&model.nice.log_prob(&x.narrow(0, start as i64, n as i64)).unwrap());
+                for (j, lp) in part.iter().enumerate() {
+                    let want = reference[start + j];
+                    // f32 matrix products block differently by batch size: equal to float rounding.
+                    assert!(
+                        (lp - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        "row {}: {lp} in a batch of {n} vs {want}",
+                        start + j
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -106,8 +106,13 @@ async fn get_json(app: &Router, uri: &str) -> Value {
 }
 
 impl Fixture {
+    /// The model as the server's inference threads hold it: loaded, with its weights packed
+    /// for inference where this libtorch allows (the same arithmetic, so results agree to the
+    /// last bit).
     fn model(&self) -> Model {
-        flowscore::store::load(&self.dir, Device::Cpu).unwrap()
+        let mut model = flowscore::store::load(&self.dir, Device::Cpu).unwrap();
+        model.nice.pack_for_inference();
+        model
     }
 
     /// A request that must be refused with `status` and an `{"error": ...}` naming `needle`;

@@ -36,7 +36,7 @@ impl Default for EngineConfig {
             workers: 1,
             batching: true,
             max_batch_rows: 1024,
-            max_wait: Duration::from_micros(500),
+            max_wait: Duration::from_micros(2000),
             queue_depth: 1024,
             request_timeout: Duration::from_secs(30),
         }

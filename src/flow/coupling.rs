@@ -1,4 +1,5 @@
 //! Additive coupling: y_keep = x_keep, y_other = x_other + m(x_keep). Unit Jacobian.
+use super::packed::PackedLinear;
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
 #[derive(Debug)]
@@ -6,6 +7,8 @@ pub(super) struct Coupling {
     keep: Tensor,
     other: Tensor,
     mlp: Vec<nn::Linear>,
+    /// The same layers in MKL's packed layout, for inference (empty unless packed).
+    packed: Vec<PackedLinear>,
 }
 
 impl Coupling {
@@ -26,10 +29,38 @@ impl Coupling {
         let zero = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };
         mlp.push(nn::linear(&layers / hidden_layers, fan_in, other.len() as i64, zero));
         let device = p.device();
-        Coupling { keep: index(&keep, device), other: index(&other, device), mlp }
+        Coupling { keep: index(&keep, device), other: index(&other, device), mlp, packed: Vec::new() }
+    }
+
+    /// Packs the MLP's current weights for inference; returns the bytes the packed copy holds
+    /// (0 where packing is unavailable).
+    pub(super) fn pack(&mut self) -> usize {
+        let packed: Option<Vec<PackedLinear>> = self.mlp.iter().map(PackedLinear::new).collect();
+        self.packed = packed.unwrap_or_default();
+        self.packed.iter().map(PackedLinear::bytes).sum()
     }
 
     fn shift(&self, keep: &Tensor) -> Tensor {
+        self.shift_packed(keep).unwrap_or_else(|| self.shift_plain(keep))
+    }
+
+    /// None when the weights are not packed or the input needs autograd (inpainting).
+    fn shift_packed(&self, keep: &Tensor) -> Option<Tensor> {
+        if self.packed.is_empty() || keep.requires_grad() || !PackedLinear::suits(keep.size()[0]) {
+            return None;
+        }
+        let last = self.packed.len() - 1;
+        let mut h = keep.shallow_clone();
+        for (j, layer) in self.packed.iter().enumerate() {
+            h = layer.forward(&h)?;
+            if j < last {
+                let _ = h.relu_();
+            }
+        }
+        Some(h)
+    }
+
+    fn shift_plain(&self, keep: &Tensor) -> Tensor {
         let last = self.mlp.len() - 1;
         self.mlp.iter().enumerate().fold(keep.shallow_clone(), |h, (j, layer)| {
             let h = layer.forward(&h);

@@ -2,6 +2,7 @@
 //! prior and the model's own fixed preprocessing. Pure tensor code: no HTTP, no async.
 mod coupling;
 mod nice;
+pub mod packed;
 mod preprocess;
 mod prior;
 

@@ -164,6 +164,13 @@ impl Nice {
         Ok(cur)
     }
 
+    /// Packs the coupling weights for fast inference where the loaded libtorch allows it (see
+    /// `flow::packed`); returns the bytes the packed copies hold, 0 where unavailable. Only for
+    /// frozen weights: later changes to the variables are not seen by the packed copies.
+    pub fn pack_for_inference(&mut self) -> usize {
+        self.couplings.iter_mut().map(Coupling::pack).sum()
+    }
+
     /// Sets the log-scales so that z has the prior's spread on `x` (data-dependent
     /// initialisation; the couplings start as the identity). Returns the new log-scales.
     pub fn init_scale_from_data(&mut self, x: &Tensor) -> Result<(), FlowError> {
