@@ -1,13 +1,26 @@
 //! Every Prometheus metric flowscore exports, declared in one place. The registry is owned by
 //! `Metrics` (not global), so each test or server gets its own. The `expect`s below can only
 //! fail on a malformed or duplicate static name, a programming error every test would hit.
+use std::sync::Arc;
+
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
+/// A handle on one registry's metrics. Cloning is one reference count: the HTTP layer clones
+/// its state, metrics included, for every request.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<MetricSet>);
+
+impl std::ops::Deref for Metrics {
+    type Target = MetricSet;
+    fn deref(&self) -> &MetricSet {
+        &self.0
+    }
+}
+
+pub struct MetricSet {
     registry: Registry,
     pub requests: IntCounterVec,
     pub request_seconds: HistogramVec,
@@ -34,6 +47,12 @@ const BPD_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0,
 
 impl Metrics {
     pub fn new() -> Metrics {
+        Metrics(Arc::new(MetricSet::new()))
+    }
+}
+
+impl MetricSet {
+    fn new() -> MetricSet {
         let registry = Registry::new();
         let hist = |name: &str, help: &str, buckets: &[f64]| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
@@ -88,7 +107,7 @@ impl Metrics {
         }
         registry.register(Box::new(request_seconds.clone())).expect("unique metric");
         registry.register(Box::new(model_info.clone())).expect("unique metric");
-        Metrics {
+        MetricSet {
             requests,
             request_seconds,
             queue_wait_seconds: hist(
