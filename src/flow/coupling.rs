@@ -44,9 +44,11 @@ impl Coupling {
         self.shift_packed(keep).unwrap_or_else(|| self.shift_plain(keep))
     }
 
-    /// None when the weights are not packed or the input needs autograd (inpainting).
+    /// None when the weights are not packed, the batch is too small to gain, or the input does
+    /// not qualify (`PackedLinear::forward` refuses inputs that need autograd, as inpainting's do).
     fn shift_packed(&self, keep: &Tensor) -> Option<Tensor> {
-        if self.packed.is_empty() || keep.requires_grad() || !PackedLinear::suits(keep.size()[0]) {
+        let rows = keep.size2().ok()?.0;
+        if self.packed.is_empty() || !PackedLinear::suits(rows) {
             return None;
         }
         let last = self.packed.len() - 1;
