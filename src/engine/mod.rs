@@ -137,6 +137,24 @@ struct Shared {
 }
 
 /// Cheap to clone; all clones drive the same inference threads.
+/// Loads `dir` in full (hash, shapes, finite weights) and returns its card, on a thread of its
+/// own that ends afterwards. libtorch's first parallel op on a thread starts an OpenMP thread
+/// team that lives as long as that thread; once a process holds more OpenMP threads than cores,
+/// libgomp stops spinning at barriers in every team, and each GEMM of the inference threads then
+/// sleeps and wakes (a 32-row batch on the paper's architecture ran 27% slower in the server
+/// than in bench/ceiling.rs while a tokio blocking thread kept such a team).
+fn validate(dir: &Path) -> Result<ModelCard, EngineError> {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("flowscore-validate".into())
+            .spawn_scoped(s, || store::load(dir, tch::Device::Cpu).map(|m| m.card))
+            .map_err(|e| EngineError::Inference(format!("cannot start a thread to load the model: {e}")))?
+            .join()
+            .map_err(|_| EngineError::Inference("loading the model panicked".into()))?
+            .map_err(EngineError::from)
+    })
+}
+
 #[derive(Clone)]
 pub struct Engine {
     jobs: Sender<Job>,
@@ -149,7 +167,7 @@ pub struct Engine {
 impl Engine {
     /// Loads `dir` on every inference thread, warms each up and returns once all are ready.
     pub fn start(dir: &Path, config: EngineConfig, metrics: Metrics) -> Result<Engine, EngineError> {
-        let card = store::load(dir, tch::Device::Cpu)?.card;
+        let card = validate(dir)?;
         metrics.set_model(&card.name, &card.version);
         let info = Arc::new(ModelInfo { card, dir: dir.to_path_buf(), generation: 0 });
         let shared = Arc::new(Shared {
@@ -211,7 +229,7 @@ impl Engine {
         let dir = dir.to_path_buf();
         let card = tokio::task::spawn_blocking({
             let dir = dir.clone();
-            move || store::load(&dir, tch::Device::Cpu).map(|m| m.card)
+            move || validate(&dir)
         })
         .await
         .map_err(|e| EngineError::Inference(e.to_string()))??;
