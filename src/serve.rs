@@ -66,9 +66,25 @@ pub struct ServeArgs {
     /// Per-request time limit in the engine, milliseconds.
     #[arg(long, env = "FLOWSCORE_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
+    /// Threads of the async HTTP runtime. Default: the cores libtorch's threads leave free, at
+    /// least 1.
+    #[arg(long, env = "FLOWSCORE_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
 }
 
 impl ServeArgs {
+    /// The HTTP runtime's thread count. Its threads compete with libtorch's for the cores: on 2
+    /// cores with 2 libtorch threads one HTTP thread served 1-row requests at concurrency 32
+    /// about 5% faster than two (4 of 4 alternating pairs), with no change for 64-row bodies.
+    pub fn http_threads(&self) -> usize {
+        self.http_threads
+            .unwrap_or_else(|| {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                cores.saturating_sub(tch::get_num_threads().max(1) as usize)
+            })
+            .max(1)
+    }
+
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             workers: self.workers.max(1),
@@ -211,5 +227,21 @@ impl ServeArgs {
             args: ServeArgs,
         }
         Wrapper::try_parse_from(std::iter::once("serve").chain(flags.iter().copied())).map(|w| w.args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServeArgs;
+
+    #[test]
+    fn http_threads_default_leaves_libtorch_its_cores_and_a_flag_overrides() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let libtorch = tch::get_num_threads().max(1) as usize;
+        let default = ServeArgs::from_flags(&[]).expect("no flags parse").http_threads();
+        assert_eq!(default, cores.saturating_sub(libtorch).max(1));
+        assert_eq!(ServeArgs::from_flags(&["--http-threads", "3"]).expect("flag parses").http_threads(), 3);
+        assert_eq!(ServeArgs::from_flags(&["--http-threads", "0"]).expect("flag parses").http_threads(), 1);
+        assert!(ServeArgs::from_flags(&["--http-threads", "two"]).is_err());
     }
 }

@@ -170,7 +170,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sample(a) => sample_cmd(a),
         Command::Inspect(a) => inspect_cmd(a),
         Command::Serve(a) => {
-            let runtime = tokio::runtime::Runtime::new()?;
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(a.http_threads()).enable_all().build()?;
             runtime.block_on(crate::serve::run(a, crate::serve::shutdown_signal()))
         }
         Command::Init(a) => init_cmd(a),
