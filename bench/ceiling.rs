@@ -84,23 +84,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Times `f` until `budget` has passed and at least `min_iters` ran (after `warmup` untimed
-/// calls); returns the sorted wall times in ms.
-fn time_it(warmup: usize, min_iters: usize, max_iters: usize, budget: Duration, mut f: impl FnMut()) -> Vec<f64> {
-    for _ in 0..warmup {
-        f();
-    }
-    let start = Instant::now();
-    let mut times = Vec::new();
-    while times.len() < max_iters && (times.len() < min_iters || start.elapsed() < budget) {
-        let t = Instant::now();
-        f();
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    times
-}
-
 struct Measured {
     path: &'static str,
     rows_per_s: f64,
@@ -110,61 +93,98 @@ struct Measured {
     curve: Vec<(i64, f64)>,
 }
 
-/// Times one model: batch throughput at `args.batch`, the single-row latency, and rows/s at a few
-/// small batch sizes (what the dynamic batcher forms from single-row clients).
-fn measure(path: &'static str, model: &flowscore::store::Model, args: &Args) -> Measured {
-    let dim = model.nice.dim() as i64;
-    let score = |x: &Tensor| -> f64 {
-        let lp = model.nice.log_prob(x).expect("log_prob");
-        // Reading a value back makes sure the whole forward ran (CPU ops are synchronous anyway).
-        lp.double_value(&[0])
+/// Times `fs[i]` for each model in turn, alternating call by call, until `budget` has passed and
+/// each ran at least `min_iters` times (after `warmup` untimed rounds); returns each one's
+/// sorted wall times in ms. Alternating keeps this machine's minute-scale speed drift out of the
+/// comparison between the paths.
+fn time_alternating(
+    warmup: usize,
+    min_iters: usize,
+    max_iters: usize,
+    budget: Duration,
+    fs: &mut [&mut dyn FnMut()],
+) -> Vec<Vec<f64>> {
+    for _ in 0..warmup {
+        fs.iter_mut().for_each(|f| f());
+    }
+    let start = Instant::now();
+    let mut times = vec![Vec::new(); fs.len()];
+    while times[0].len() < max_iters && (times[0].len() < min_iters || start.elapsed() < budget) {
+        for (f, t) in fs.iter_mut().zip(times.iter_mut()) {
+            let s = Instant::now();
+            f();
+            t.push(s.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.iter_mut().for_each(|t| t.sort_by(f64::total_cmp));
+    times
+}
+
+/// Times every model, interleaved: batch throughput at `args.batch`, the single-row latency, and
+/// rows/s at a few smaller batch sizes (what the dynamic batcher forms from single-row clients).
+fn measure(models: &[(&'static str, &flowscore::store::Model)], args: &Args) -> Vec<Measured> {
+    let dim = models[0].1.nice.dim() as i64;
+    // Reading a value back makes sure the whole forward ran (CPU ops are synchronous anyway).
+    let score = |m: &flowscore::store::Model, x: &Tensor| m.nice.log_prob(x).expect("log_prob").double_value(&[0]);
+    let run = |x: &Tensor, warmup, min, max, secs: f64| {
+        let mut calls: Vec<Box<dyn FnMut()>> = models
+            .iter()
+            .map(|&(_, m)| {
+                Box::new(move || {
+                    std::hint::black_box(score(m, x));
+                }) as Box<dyn FnMut()>
+            })
+            .collect();
+        let mut refs: Vec<&mut dyn FnMut()> = calls.iter_mut().map(|c| c.as_mut() as &mut dyn FnMut()).collect();
+        time_alternating(warmup, min, max, Duration::from_secs_f64(secs), &mut refs)
     };
 
     // Batch throughput: one [batch, D] float32 tensor of U[0, 1) rows, scored repeatedly.
     let xb = Tensor::rand([args.batch, dim], (Kind::Float, Device::Cpu));
-    let times = time_it(3, 10, 100_000, Duration::from_secs_f64(args.seconds), || {
-        std::hint::black_box(score(&xb));
-    });
-    let median = percentile(&times, 50.0);
-    let total: f64 = times.iter().sum();
-    let rows_per_s = args.batch as f64 * 1e3 / median;
-    let batch_line = format!(
-        "rows_per_s={rows_per_s:.1} batch={} threads={} batch_ms_median={median:.3} batch_ms_p90={:.3} mean_rows_per_s={:.1} iters={} model={}",
-        args.batch,
-        args.threads,
-        percentile(&times, 90.0),
-        args.batch as f64 * times.len() as f64 * 1e3 / total,
-        times.len(),
-        args.model.display()
-    );
-
+    let batch_times = run(&xb, 2, 10, 100_000, args.seconds);
     // Single-row compute latency; the same row every call keeps the measurement to the forward
     // pass alone (libtorch caches nothing).
     let x1 = Tensor::rand([1, dim], (Kind::Float, Device::Cpu));
-    let times = time_it(20, 200, 20_000, Duration::from_secs_f64(args.single_seconds), || {
-        std::hint::black_box(score(&x1));
-    });
-    let single_median = percentile(&times, 50.0);
-    let single_line = format!(
-        "single_row_ms_median={single_median:.4} single_row_ms_p99={:.4} single_row_ms_min={:.4} iters={} threads={}",
-        percentile(&times, 99.0),
-        times[0],
-        times.len(),
-        args.threads
-    );
-
-    let curve = args
+    let single_times = run(&x1, 20, 200, 20_000, args.single_seconds);
+    let curves: Vec<Vec<f64>> = args
         .curve
         .iter()
         .map(|&b| {
             let x = Tensor::rand([b, dim], (Kind::Float, Device::Cpu));
-            let times = time_it(2, 5, 10_000, Duration::from_secs_f64(args.curve_seconds), || {
-                std::hint::black_box(score(&x));
-            });
-            (b, b as f64 * 1e3 / percentile(&times, 50.0))
+            run(&x, 2, 5, 10_000, args.curve_seconds).iter().map(|t| b as f64 * 1e3 / percentile(t, 50.0)).collect()
         })
         .collect();
-    Measured { path, rows_per_s, batch_line, single_median, single_line, curve }
+
+    models
+        .iter()
+        .enumerate()
+        .map(|(i, &(path, _))| {
+            let times = &batch_times[i];
+            let median = percentile(times, 50.0);
+            let total: f64 = times.iter().sum();
+            let rows_per_s = args.batch as f64 * 1e3 / median;
+            let batch_line = format!(
+                "rows_per_s={rows_per_s:.1} batch={} threads={} batch_ms_median={median:.3} batch_ms_p90={:.3} mean_rows_per_s={:.1} iters={} model={}",
+                args.batch,
+                args.threads,
+                percentile(times, 90.0),
+                args.batch as f64 * times.len() as f64 * 1e3 / total,
+                times.len(),
+                args.model.display()
+            );
+            let times = &single_times[i];
+            let single_median = percentile(times, 50.0);
+            let single_line = format!(
+                "single_row_ms_median={single_median:.4} single_row_ms_p99={:.4} single_row_ms_min={:.4} iters={} threads={}",
+                percentile(times, 99.0),
+                times[0],
+                times.len(),
+                args.threads
+            );
+            let curve = args.curve.iter().zip(&curves).map(|(&b, c)| (b, c[i])).collect();
+            Measured { path, rows_per_s, batch_line, single_median, single_line, curve }
+        })
+        .collect()
 }
 
 fn load(args: &Args) -> flowscore::store::Model {
@@ -186,14 +206,14 @@ fn main() {
     // Both forward paths: the plain tch one, and the one with MKL-packed weights that the
     // server uses where available. The ceiling is the faster of the two at `--batch`, so that
     // the served/ceiling ratios are never flattered by a slow reference.
-    let mut results = vec![measure("plain", &load(&args), &args)];
-    let mut packed_model = load(&args);
-    if packed_model.nice.pack_for_inference() > 0 {
-        results.push(measure("packed", &packed_model, &args));
+    let plain = load(&args);
+    let mut packed = load(&args);
+    let results = if packed.nice.pack_for_inference() > 0 {
+        measure(&[("plain", &plain), ("packed", &packed)], &args)
     } else {
         println!("# packed GEMM unavailable in this libtorch: plain path only");
-    }
-    drop(packed_model);
+        measure(&[("plain", &plain)], &args)
+    };
     for r in &results {
         println!("path={} {}", r.path, r.batch_line);
         println!("path={} {}", r.path, r.single_line);

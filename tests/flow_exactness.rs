@@ -82,14 +82,15 @@ fn batch_equals_rows() {
     let packed_bytes = packed.nice.pack_for_inference();
     assert_eq!(packed_bytes > 0, flowscore::flow::packed::available());
     let _g = tch::no_grad_guard();
-    let x = random_rows(32, 5, -4.0, 4.0, 9);
+    let total = 400;
+    let x = random_rows(total, 5, -4.0, 4.0, 9);
     let reference = to_vec(&plain.nice.log_prob(&x).unwrap());
-    // Every batch size the server may form, on both paths (1 and 2 rows run plain even when
-    // packed; 3 and more run packed), against the plain full batch.
+    // Batch sizes from every regime the server may form, on both paths (when packed, 1-2 rows
+    // and 384 or more run plain, the rest packed), against the plain full batch.
     for model in [&plain, &packed] {
-        for size in [1, 2, 3, 7, 32] {
-            for start in (0..32).step_by(size) {
-                let n = size.min(32 - start);
+        for size in [1, 2, 3, 7, 32, 383, 384, 400] {
+            for start in (0..total).step_by(size) {
+                let n = size.min(total - start);
                 let part = to_vec(&model.nice.log_prob(&x.narrow(0, start as i64, n as i64)).unwrap());
                 for (j, lp) in part.iter().enumerate() {
                     let want = reference[start + j];

@@ -44,8 +44,9 @@ impl Coupling {
         self.shift_packed(keep).unwrap_or_else(|| self.shift_plain(keep))
     }
 
-    /// None when the weights are not packed, the batch is too small to gain, or the input does
-    /// not qualify (`PackedLinear::forward` refuses inputs that need autograd, as inpainting's do).
+    /// None when the weights are not packed, packing does not gain at this batch size, or the
+    /// input does not qualify (`PackedLinear::forward` refuses inputs that need autograd, as
+    /// inpainting's do).
     fn shift_packed(&self, keep: &Tensor) -> Option<Tensor> {
         let rows = keep.size2().ok()?.0;
         if self.packed.is_empty() || !PackedLinear::suits(rows) {

@@ -3,7 +3,8 @@
 //! it. A plain GEMM re-packs the whole weight matrix on every call; on the paper's architecture
 //! (76 MB of weights) that copy dominates batches of 8–64 rows, which is exactly what the
 //! dynamic batcher produces from many single-row clients (about 1.8× more rows/s at batch 32 on
-//! the 2-core machine; see bench/ceiling.rs).
+//! the 2-core machine; see bench/ceiling.rs). Batches of 1–2 rows and of 384 or more, where
+//! libtorch's own GEMMs are as fast or faster, stay on the plain path.
 //!
 //! The symbols come from the libtorch already loaded: x86 builds link MKL statically and export
 //! its CBLAS API. Where they are missing (another BLAS, ARM) packing is unavailable and the plain
@@ -27,6 +28,13 @@ const PACK_FOR_ROWS: i32 = 64;
 /// Batches up to this many rows take the plain path: for one or two rows the unpacked GEMV is
 /// as fast or faster (measured: 1 row 342 against 302 rows/s).
 const PLAIN_MAX_ROWS: i64 = 2;
+
+/// Batches of this many rows or more take the plain path as well: there libtorch's own GEMM
+/// amortises its packing over the rows and runs faster than MKL's packed kernels. Paper
+/// architecture, 2 threads, the two paths timed alternately (bench/ceiling.rs), plain ÷ packed
+/// rows/s in two runs: 256 rows 0.98 / 0.98, 512 rows 1.08 / 1.04, 1024 rows 1.06 / 1.11; at 32
+/// rows 0.88 / 0.86.
+const PLAIN_FROM_ROWS: i64 = 384;
 
 // MKL's LP64 interface: MKL_INT is a C int.
 type PackGetSize = unsafe extern "C" fn(identifier: i32, m: i32, n: i32, k: i32) -> usize;
@@ -143,7 +151,7 @@ impl PackedLinear {
 
     /// Whether a batch of `rows` rows is faster on the packed path.
     pub(super) fn suits(rows: i64) -> bool {
-        rows > PLAIN_MAX_ROWS
+        rows > PLAIN_MAX_ROWS && rows < PLAIN_FROM_ROWS
     }
 
     /// x Wᵀ + b for a CPU f32 batch x of shape [m, k]; None if x does not qualify (the caller
