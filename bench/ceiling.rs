@@ -6,8 +6,9 @@
 //!        [--seconds 8] [--single-seconds 5] [--curve 8,16,32,64] [--curve-seconds 2]
 //! (Unknown arguments such as cargo's `--bench` are ignored.)
 //!
-//! Both forward paths are timed: `plain` (tch's GEMMs) and `packed` (MKL-packed weights, what
-//! the server runs where available; see src/flow/packed.rs). Per path it prints `path=NAME`
+//! Two models are timed, alternately call by call so that the machine's drift cancels: `plain`
+//! (tch's GEMMs) and `packed` (what the server runs where MKL is available: packed weights for
+//! 3–383-row batches, plain otherwise; see src/flow/packed.rs). Per path it prints `path=NAME`
 //! lines with the batch throughput, the single-row latency and rows/s at the `--curve` batch
 //! sizes; then two parseable summary lines, taken from the faster path:
 //!   ceiling_rows_per_s=<batch / median batch time> path=.. rows_per_s=.. batch=.. threads=..
