@@ -136,7 +136,6 @@ struct Shared {
     metrics: Metrics,
 }
 
-/// Cheap to clone; all clones drive the same inference threads.
 /// Loads `dir` in full (hash, shapes, finite weights) and returns its card, on a thread of its
 /// own that ends afterwards. libtorch's first parallel op on a thread starts an OpenMP thread
 /// team that lives as long as that thread; once a process holds more OpenMP threads than cores,
@@ -155,6 +154,7 @@ fn validate(dir: &Path) -> Result<ModelCard, EngineError> {
     })
 }
 
+/// Cheap to clone; all clones drive the same inference threads.
 #[derive(Clone)]
 pub struct Engine {
     jobs: Sender<Job>,
