@@ -94,26 +94,27 @@ struct Measured {
     curve: Vec<(i64, f64)>,
 }
 
-/// Times `fs[i]` for each model in turn, alternating call by call, until `budget` has passed and
-/// each ran at least `min_iters` times (after `warmup` untimed rounds); returns each one's
-/// sorted wall times in ms. Alternating keeps this machine's minute-scale speed drift out of the
-/// comparison between the paths.
+/// Calls `f(i)` for each of `n` models in turn, alternating call by call, until `budget` has
+/// passed and each ran at least `min_iters` times (after `warmup` untimed rounds); returns each
+/// one's sorted wall times in ms. Alternating keeps this machine's minute-scale speed drift out
+/// of the comparison between the paths.
 fn time_alternating(
+    n: usize,
     warmup: usize,
     min_iters: usize,
     max_iters: usize,
     budget: Duration,
-    fs: &mut [&mut dyn FnMut()],
+    mut f: impl FnMut(usize),
 ) -> Vec<Vec<f64>> {
     for _ in 0..warmup {
-        fs.iter_mut().for_each(|f| f());
+        (0..n).for_each(&mut f);
     }
     let start = Instant::now();
-    let mut times = vec![Vec::new(); fs.len()];
+    let mut times = vec![Vec::new(); n];
     while times[0].len() < max_iters && (times[0].len() < min_iters || start.elapsed() < budget) {
-        for (f, t) in fs.iter_mut().zip(times.iter_mut()) {
+        for (i, t) in times.iter_mut().enumerate() {
             let s = Instant::now();
-            f();
+            f(i);
             t.push(s.elapsed().as_secs_f64() * 1e3);
         }
     }
@@ -125,19 +126,11 @@ fn time_alternating(
 /// rows/s at a few smaller batch sizes (what the dynamic batcher forms from single-row clients).
 fn measure(models: &[(&'static str, &flowscore::store::Model)], args: &Args) -> Vec<Measured> {
     let dim = models[0].1.nice.dim() as i64;
-    // Reading a value back makes sure the whole forward ran (CPU ops are synchronous anyway).
-    let score = |m: &flowscore::store::Model, x: &Tensor| m.nice.log_prob(x).expect("log_prob").double_value(&[0]);
     let run = |x: &Tensor, warmup, min, max, secs: f64| {
-        let mut calls: Vec<Box<dyn FnMut()>> = models
-            .iter()
-            .map(|&(_, m)| {
-                Box::new(move || {
-                    std::hint::black_box(score(m, x));
-                }) as Box<dyn FnMut()>
-            })
-            .collect();
-        let mut refs: Vec<&mut dyn FnMut()> = calls.iter_mut().map(|c| c.as_mut() as &mut dyn FnMut()).collect();
-        time_alternating(warmup, min, max, Duration::from_secs_f64(secs), &mut refs)
+        time_alternating(models.len(), warmup, min, max, Duration::from_secs_f64(secs), |i| {
+            // Reading a value back makes sure the whole forward ran (CPU ops are synchronous).
+            std::hint::black_box(models[i].1.nice.log_prob(x).expect("log_prob").double_value(&[0]));
+        })
     };
 
     // Batch throughput: one [batch, D] float32 tensor of U[0, 1) rows, scored repeatedly.
