@@ -3,12 +3,14 @@
 //! 1-row latency at concurrency 1 with `single_row_ms_*`.
 //!
 //! Usage: cargo bench --bench ceiling -- [--model DIR] [--batch 512] [--threads 2]
-//!        [--seconds 8] [--single-seconds 5] [--curve 8,16,32,64] [--curve-seconds 2]
+//!        [--seconds 8] [--single-seconds 5] [--curve 8,16,32,48,64] [--curve-seconds 2]
 //! (Unknown arguments such as cargo's `--bench` are ignored.)
 //!
-//! Two models are timed, alternately call by call so that the machine's drift cancels: `plain`
-//! (tch's GEMMs) and `packed` (what the server runs where MKL is available: packed weights for
-//! 3–383-row batches, plain otherwise; see src/flow/packed.rs). Per path it prints `path=NAME`
+//! Three models are timed, alternately call by call so that the machine's drift cancels: `plain`
+//! (tch's GEMMs); `packed` (MKL-packed weights for 3–383-row batches, plain otherwise; see
+//! src/flow/packed.rs); and `served`, what the server runs: `packed`, except that the batch
+//! sizes in src/flow/coupling.rs (`feature_major_suits`) run the MLP feature-major. Without MKL
+//! `packed` is left out and `served` is plain plus feature-major. Per path it prints `path=NAME`
 //! lines with the batch throughput, the single-row latency and rows/s at the `--curve` batch
 //! sizes; then two parseable summary lines, taken from the faster path:
 //!   ceiling_rows_per_s=<batch / median batch time> path=.. rows_per_s=.. batch=.. threads=..
@@ -48,7 +50,7 @@ fn parse_args() -> Args {
         threads: 2,
         seconds: 8.0,
         single_seconds: 5.0,
-        curve: vec![8, 16, 32, 64],
+        curve: vec![8, 16, 32, 48, 64],
         curve_seconds: 2.0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -197,16 +199,19 @@ fn main() {
     tch::manual_seed(0);
     let _guard = tch::no_grad_guard();
 
-    // Both forward paths: the plain tch one, and the one with MKL-packed weights that the
-    // server uses where available. The ceiling is the faster of the two at `--batch`, so that
-    // the served/ceiling ratios are never flattered by a slow reference.
+    // The forward paths (see the top of this file). The ceiling is the fastest at `--batch`, so
+    // that the served/ceiling ratios are never flattered by a slow reference.
     let plain = load(&args);
     let mut packed = load(&args);
-    let results = if packed.nice.pack_for_inference() > 0 {
-        measure(&[("plain", &plain), ("packed", &packed)], &args)
+    let packed_bytes = packed.nice.pack_for_inference();
+    packed.nice.set_feature_major(false);
+    let mut served = load(&args);
+    served.nice.pack_for_inference();
+    let results = if packed_bytes > 0 {
+        measure(&[("plain", &plain), ("packed", &packed), ("served", &served)], &args)
     } else {
-        println!("# packed GEMM unavailable in this libtorch: plain path only");
-        measure(&[("plain", &plain)], &args)
+        println!("# packed GEMM unavailable in this libtorch: no `packed` path");
+        measure(&[("plain", &plain), ("served", &served)], &args)
     };
     for r in &results {
         println!("path={} {}", r.path, r.batch_line);

@@ -86,9 +86,10 @@ fn batch_equals_rows() {
     let x = random_rows(total, 5, -4.0, 4.0, 9);
     let reference = to_vec(&plain.nice.log_prob(&x).unwrap());
     // Batch sizes from every regime the server may form, on both paths (when packed, 1-2 rows
-    // and 384 or more run plain, the rest packed), against the plain full batch.
+    // and 384 or more run plain, 16, 30, 32 and 48 feature-major on AVX-512, the rest packed),
+    // against the plain full batch.
     for model in [&plain, &packed] {
-        for size in [1, 2, 3, 7, 32, 383, 384, 400] {
+        for size in [1, 2, 3, 7, 16, 30, 32, 33, 48, 383, 384, 400] {
             for start in (0..total).step_by(size) {
                 let n = size.min(total - start);
                 let part = to_vec(&model.nice.log_prob(&x.narrow(0, start as i64, n as i64)).unwrap());

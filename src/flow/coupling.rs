@@ -9,6 +9,8 @@ pub(super) struct Coupling {
     mlp: Vec<nn::Linear>,
     /// The same layers in MKL's packed layout, for inference (empty unless packed).
     packed: Vec<PackedLinear>,
+    /// Whether batches of the sizes in `feature_major_suits` run the MLP feature-major.
+    feature_major: bool,
 }
 
 impl Coupling {
@@ -29,19 +31,51 @@ impl Coupling {
         let zero = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };
         mlp.push(nn::linear(&layers / hidden_layers, fan_in, other.len() as i64, zero));
         let device = p.device();
-        Coupling { keep: index(&keep, device), other: index(&other, device), mlp, packed: Vec::new() }
+        Coupling {
+            keep: index(&keep, device),
+            other: index(&other, device),
+            mlp,
+            packed: Vec::new(),
+            feature_major: false,
+        }
     }
 
-    /// Packs the MLP's current weights for inference; returns the bytes the packed copy holds
-    /// (0 where packing is unavailable).
+    /// Packs the MLP's current weights for inference and turns the feature-major path on;
+    /// returns the bytes the packed copy holds (0 where packing is unavailable).
     pub(super) fn pack(&mut self) -> usize {
         let packed: Option<Vec<PackedLinear>> = self.mlp.iter().map(PackedLinear::new).collect();
         self.packed = packed.unwrap_or_default();
+        self.feature_major = true;
         self.packed.iter().map(PackedLinear::bytes).sum()
     }
 
+    pub(super) fn set_feature_major(&mut self, on: bool) {
+        self.feature_major = on;
+    }
+
     fn shift(&self, keep: &Tensor) -> Tensor {
+        let rows = keep.size().first().copied().unwrap_or(0);
+        if self.feature_major && feature_major_suits(rows) {
+            return self.shift_feature_major(keep);
+        }
         self.shift_packed(keep).unwrap_or_else(|| self.shift_plain(keep))
+    }
+
+    /// The MLP on the transposed batch, hᵀ ← W·hᵀ + b: the weight matrix is the left operand
+    /// and the rows are the columns of each product (see `feature_major_suits`).
+    fn shift_feature_major(&self, keep: &Tensor) -> Tensor {
+        let last = self.mlp.len() - 1;
+        let mut h = keep.tr();
+        for (j, layer) in self.mlp.iter().enumerate() {
+            h = match &layer.bs {
+                Some(b) => b.unsqueeze(1).addmm(&layer.ws, &h),
+                None => layer.ws.matmul(&h),
+            };
+            if j < last {
+                h = h.relu();
+            }
+        }
+        h.tr()
     }
 
     /// None when the weights are not packed, packing does not gain at this batch size, or the
@@ -88,6 +122,54 @@ impl Coupling {
     }
 }
 
+/// Batch sizes for which the feature-major MLP beats the packed one. There MKL streams the
+/// weights as the left operand of each product, and its speed moves in steps of 16 rows (one
+/// AVX-512 register of f32): a part-filled last block of 16 costs about as much as a full one,
+/// so feature-major wins where that block is (nearly) full. Paper architecture, 2 threads,
+/// AVX-512, the paths timed alternately (bench/ceiling.rs), feature-major ÷ packed rows/s over
+/// three sweeps: 1.04–1.22 at 12–16 rows, 1.00–1.18 at 28–32 and 1.06–1.20 at 44–48; 0.83–0.99
+/// at 17–24, 33–40 and 49–64. Without AVX-512 the steps differ, and nothing was measured there.
+fn feature_major_suits(rows: i64) -> bool {
+    avx512() && rows <= 48 && (rows % 16 == 0 || rows % 16 >= 12)
+}
+
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
 fn index(v: &[i64], device: Device) -> Tensor {
     Tensor::from_slice(v).to_kind(Kind::Int64).to_device(device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_major_takes_nearly_full_blocks_of_16_rows() {
+        let chosen: Vec<i64> = (1..=64).filter(|&r| feature_major_suits(r)).collect();
+        let expected: Vec<i64> =
+            if avx512() { [12..=16, 28..=32, 44..=48].into_iter().flatten().collect() } else { vec![] };
+        assert_eq!(chosen, expected);
+    }
+
+    #[test]
+    fn feature_major_mlp_equals_row_major() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut c = Coupling::new(&vs.root(), 10, 0, 3, 40);
+        // The last layer starts at zero; give it weights so that the shift is not trivially 0.
+        tch::no_grad(|| c.mlp[3].ws.copy_(&(Tensor::randn([5, 40], (Kind::Float, Device::Cpu)) * 0.3)));
+        let x = Tensor::randn([16, 10], (Kind::Float, Device::Cpu));
+        let keep = x.index_select(1, &c.keep);
+        let row_major = c.shift_plain(&keep);
+        c.set_feature_major(true);
+        let feature_major = c.shift_feature_major(&keep);
+        assert_eq!(feature_major.size(), [16, 5]);
+        let diff = (&feature_major - &row_major).abs().max().double_value(&[]);
+        let scale = row_major.abs().max().double_value(&[]);
+        assert!(scale > 0.1 && diff <= 1e-5 * scale, "diff {diff} at scale {scale}");
+    }
 }

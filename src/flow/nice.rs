@@ -165,10 +165,18 @@ impl Nice {
     }
 
     /// Packs the coupling weights for fast inference where the loaded libtorch allows it (see
-    /// `flow::packed`); returns the bytes the packed copies hold, 0 where unavailable. Only for
-    /// frozen weights: later changes to the variables are not seen by the packed copies.
+    /// `flow::packed`), and turns on the feature-major path for the batch sizes where it is
+    /// faster (see `flow::coupling`); returns the bytes the packed copies hold, 0 where packing is
+    /// unavailable. Only for frozen weights: later changes to the variables are not seen by the
+    /// packed copies.
     pub fn pack_for_inference(&mut self) -> usize {
         self.couplings.iter_mut().map(Coupling::pack).sum()
+    }
+
+    /// Turns the feature-major MLP path (on after `pack_for_inference`; see `flow::coupling`)
+    /// off or on, so that benchmarks can time the paths against each other.
+    pub fn set_feature_major(&mut self, on: bool) {
+        self.couplings.iter_mut().for_each(|c| c.set_feature_major(on));
     }
 
     /// Sets the log-scales so that z has the prior's spread on `x` (data-dependent
