@@ -250,7 +250,8 @@ DIM=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["architectur
 
 # ---- (b) ceiling ----
 # Measured twice, before and after flowscore's loads, because this shared machine's speed drifts
-# by ±20% over minutes; the report uses the mean of the two and prints both.
+# by ±20% over minutes; the report prints both and their mean, and calls a ratio target PASS only
+# against the faster run, FAIL only against the slower one, UNSURE in between.
 measure_ceiling() { # run-number
   local run=$1
   log "ceiling (run $run): in-process libtorch log_prob ($CEILING_CMD)"

@@ -100,6 +100,10 @@ def main():
         return sum(vals) / len(vals) if vals else None
 
     ceil = mean_of("ceiling_rows_per_s")
+    # The extremes, for the ratio verdicts: a target passes only against the faster ceiling run
+    # and fails only against the slower one; in between (the machine moved) it is UNSURE.
+    ceil_runs = [v for v in (num(r, "ceiling_rows_per_s") for r in runs) if v]
+    ceil_hi, ceil_lo = (max(ceil_runs), min(ceil_runs)) if ceil_runs else (None, None)
     single_med = mean_of("single_row_ms_median")
     single_p99 = mean_of("single_row_ms_p99")
     ceiling_runs = ", ".join(fmt(num(r, "ceiling_rows_per_s")) for r in runs)
@@ -167,12 +171,19 @@ def main():
                if (s, l) in results and problems(results[(s, l)])]
         if bad:
             return "INVALID (" + "; ".join(bad) + ")"
+        if ok == "unsure":
+            return "UNSURE"
         return "PASS" if ok else "FAIL"
 
     def ratio_target(name, server, load, frac):
         rs = rows_s(server, load)
-        ok = None if rs is None or not ceil else rs >= frac * ceil
-        got = "n/a" if rs is None or not ceil else f"{100 * rs / ceil:.0f}% ({fmt(rs)} / {fmt(ceil)})"
+        if rs is None or not ceil:
+            targets.append((name, "n/a", verdict(None)))
+            return
+        got = f"{100 * rs / ceil:.0f}% ({fmt(rs)} / {fmt(ceil)})"
+        ok = rs >= frac * ceil_hi or ("unsure" if rs >= frac * ceil_lo else False)
+        if ceil_hi != ceil_lo:
+            got += f"; {100 * rs / ceil_hi:.0f}% / {100 * rs / ceil_lo:.0f}% of the faster / slower ceiling run"
         targets.append((name, got, verdict(ok, (server, load))))
 
     ratio_target("64-row JSON c32 >= 75% of ceiling", "flowscore", "json64_c32", 0.75)
@@ -186,7 +197,9 @@ def main():
                     verdict(ok, ("flowscore", "json1_c32"), ("flowscore-nobatch", "json1_c32"))))
 
     p99 = lat("flowscore", "json1_c1", "p99_ms")
-    ok = None if p99 is None or single_p99 is None else p99 <= single_p99 + 2.0
+    p99_runs = [v for v in (num(r, "single_row_ms_p99") for r in runs) if v is not None]
+    ok = None if p99 is None or not p99_runs else (
+        p99 <= min(p99_runs) + 2.0 or ("unsure" if p99 <= max(p99_runs) + 2.0 else False))
     got = "n/a" if ok is None else (f"p99 {p99:.2f} ms vs compute p99 {single_p99:.2f} + 2 ms "
                                     f"(vs median {single_med:.2f} + 2 ms: "
                                     f"{'ok' if p99 <= single_med + 2.0 else 'over'})")
