@@ -8,7 +8,7 @@
 # Steps:
 #  (a) bench/out/model-paper: created with `flowscore init` if absent (random weights).
 #  (b) ceiling: `cargo bench --bench ceiling` (bench/ceiling.rs): raw in-process libtorch log_prob
-#      rows/s at batch 512 with 2 threads (the faster of the plain and the packed-weights path),
+#      rows/s at batch 512 with 2 threads (the fastest of its plain, packed and served paths),
 #      and the 1-row compute time (median, p99); measured again after (c) and (d), and averaged.
 #  (c) flowscore serve (defaults, --threads 2) under wrk: 64-row JSON c32, 512-row NPY c8,
 #      1-row JSON c32, 1-row JSON c1.
