@@ -96,7 +96,8 @@ struct Measured {
     curve: Vec<(i64, f64)>,
 }
 
-/// Calls `f(i)` for each of `n` models in turn, alternating call by call, until `budget` has
+/// Calls `f(i)` for each of `n` models in turn, alternating call by call (in a rotating order),
+/// until `budget` has
 /// passed and each ran at least `min_iters` times (after `warmup` untimed rounds); returns each
 /// one's sorted wall times in ms. Alternating keeps this machine's minute-scale speed drift out
 /// of the comparison between the paths.
@@ -113,12 +114,16 @@ fn time_alternating(
     }
     let start = Instant::now();
     let mut times = vec![Vec::new(); n];
+    let mut round = 0;
     while times[0].len() < max_iters && (times[0].len() < min_iters || start.elapsed() < budget) {
-        for (i, t) in times.iter_mut().enumerate() {
+        // Each round starts with the next model: whichever runs right after another was measured
+        // up to 8% faster at the same work, so no model may keep one place in the order.
+        for i in (0..n).map(|j| (round + j) % n) {
             let s = Instant::now();
             f(i);
-            t.push(s.elapsed().as_secs_f64() * 1e3);
+            times[i].push(s.elapsed().as_secs_f64() * 1e3);
         }
+        round += 1;
     }
     times.iter_mut().for_each(|t| t.sort_by(f64::total_cmp));
     times

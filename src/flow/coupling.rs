@@ -128,7 +128,8 @@ impl Coupling {
 /// so feature-major wins where that block is (nearly) full. Paper architecture, 2 threads,
 /// AVX-512, the paths timed alternately (bench/ceiling.rs), feature-major ÷ packed rows/s over
 /// three sweeps: 1.04–1.22 at 12–16 rows, 1.00–1.18 at 28–32 and 1.06–1.20 at 44–48; 0.83–0.99
-/// at 17–24, 33–40 and 49–64. Without AVX-512 the steps differ, and nothing was measured there.
+/// at 17–24, 33–40 and 49–64 (two copies of one path measured up to 4% apart). Without AVX-512
+/// the steps differ, and nothing was measured there.
 fn feature_major_suits(rows: i64) -> bool {
     avx512() && rows <= 48 && (rows % 16 == 0 || rows % 16 >= 12)
 }
