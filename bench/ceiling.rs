@@ -116,8 +116,8 @@ fn time_alternating(
     let mut times = vec![Vec::new(); n];
     let mut round = 0;
     while times[0].len() < max_iters && (times[0].len() < min_iters || start.elapsed() < budget) {
-        // Each round starts with the next model: whichever runs right after another was measured
-        // up to 8% faster at the same work, so no model may keep one place in the order.
+        // Each round starts with the next model, so that none keeps one place in the order. Two
+        // copies of the same path still came out up to 4% apart (instance, not order).
         for i in (0..n).map(|j| (round + j) % n) {
             let s = Instant::now();
             f(i);
