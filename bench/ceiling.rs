@@ -12,7 +12,7 @@
 //! sizes in src/flow/coupling.rs (`feature_major_suits`) run the MLP feature-major. Without MKL
 //! `packed` is left out and `served` is plain plus feature-major. Per path it prints `path=NAME`
 //! lines with the batch throughput, the single-row latency and rows/s at the `--curve` batch
-//! sizes; then two parseable summary lines, taken from the faster path:
+//! sizes; then two parseable summary lines, taken from the fastest path:
 //!   ceiling_rows_per_s=<batch / median batch time> path=.. rows_per_s=.. batch=.. threads=..
 //!     batch_ms_median=.. batch_ms_p90=.. mean_rows_per_s=.. iters=..
 //!   single_row_ms_median=.. single_row_ms_p99=.. single_row_ms_min=.. iters=.. path=..
@@ -96,11 +96,10 @@ struct Measured {
     curve: Vec<(i64, f64)>,
 }
 
-/// Calls `f(i)` for each of `n` models in turn, alternating call by call (in a rotating order),
-/// until `budget` has
-/// passed and each ran at least `min_iters` times (after `warmup` untimed rounds); returns each
-/// one's sorted wall times in ms. Alternating keeps this machine's minute-scale speed drift out
-/// of the comparison between the paths.
+/// Calls `f(i)` for each of `n` models in turn, alternating call by call in a rotating order,
+/// until `budget` has passed and each ran at least `min_iters` times (after `warmup` untimed
+/// rounds); returns each one's sorted wall times in ms. Alternating keeps this machine's
+/// minute-scale speed drift out of the comparison between the paths.
 fn time_alternating(
     n: usize,
     warmup: usize,

@@ -40,12 +40,13 @@ impl Coupling {
         }
     }
 
-    /// Packs the MLP's current weights for inference and turns the feature-major path on;
-    /// returns the bytes the packed copy holds (0 where packing is unavailable).
+    /// Packs the MLP's current weights for inference and, on CPU (the only device it was
+    /// measured on), turns the feature-major path on; returns the bytes the packed copy holds
+    /// (0 where packing is unavailable).
     pub(super) fn pack(&mut self) -> usize {
         let packed: Option<Vec<PackedLinear>> = self.mlp.iter().map(PackedLinear::new).collect();
         self.packed = packed.unwrap_or_default();
-        self.feature_major = true;
+        self.feature_major = self.keep.device() == Device::Cpu;
         self.packed.iter().map(PackedLinear::bytes).sum()
     }
 
