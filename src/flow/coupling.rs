@@ -73,7 +73,7 @@ impl Coupling {
                 None => layer.ws.matmul(&h),
             };
             if j < last {
-                h = h.relu();
+                let _ = h.relu_();
             }
         }
         h.tr()
