@@ -9,10 +9,11 @@
 //! Three models are timed, alternately call by call so that the machine's drift cancels: `plain`
 //! (tch's GEMMs); `packed` (MKL-packed weights for 3–383-row batches, plain otherwise; see
 //! src/flow/packed.rs); and `served`, what the server runs: `packed`, except that the batch
-//! sizes in src/flow/coupling.rs (`feature_major_suits`) run the MLP feature-major. Without MKL
-//! `packed` is left out and `served` is plain plus feature-major. Per path it prints `path=NAME`
-//! lines with the batch throughput, the single-row latency and rows/s at the `--curve` batch
-//! sizes; then two parseable summary lines, taken from the fastest path:
+//! sizes in src/flow/coupling.rs (`feature_major_columns`) run the MLP feature-major. Without MKL,
+//! or on CPUs where packing is slower (AMD), `packed` is left out and `served` is plain plus
+//! feature-major. Per path it prints `path=NAME` lines with the batch throughput, the single-row
+//! latency and rows/s at the `--curve` batch sizes; then two parseable summary lines, taken from
+//! the fastest path:
 //!   ceiling_rows_per_s=<batch / median batch time> path=.. rows_per_s=.. batch=.. threads=..
 //!     batch_ms_median=.. batch_ms_p90=.. mean_rows_per_s=.. iters=..
 //!   single_row_ms_median=.. single_row_ms_p99=.. single_row_ms_min=.. iters=.. path=..
@@ -214,7 +215,7 @@ fn main() {
     let results = if packed_bytes > 0 {
         measure(&[("plain", &plain), ("packed", &packed), ("served", &served)], &args)
     } else {
-        println!("# packed GEMM unavailable in this libtorch: no `packed` path");
+        println!("# no `packed` path: packed weights are unavailable in this libtorch or slower on this CPU (src/flow/packed.rs)");
         measure(&[("plain", &plain), ("served", &served)], &args)
     };
     for r in &results {

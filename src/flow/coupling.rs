@@ -1,4 +1,5 @@
 //! Additive coupling: y_keep = x_keep, y_other = x_other + m(x_keep). Unit Jacobian.
+use super::cpu::{cpu, Cpu};
 use super::packed::PackedLinear;
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
@@ -9,7 +10,7 @@ pub(super) struct Coupling {
     mlp: Vec<nn::Linear>,
     /// The same layers in MKL's packed layout, for inference (empty unless packed).
     packed: Vec<PackedLinear>,
-    /// Whether batches of the sizes in `feature_major_suits` run the MLP feature-major.
+    /// Whether batches of the sizes in `feature_major_columns` run the MLP feature-major.
     feature_major: bool,
 }
 
@@ -42,7 +43,7 @@ impl Coupling {
 
     /// Packs the MLP's current weights for inference and, on CPU (the only device it was
     /// measured on), turns the feature-major path on; returns the bytes the packed copy holds
-    /// (0 where packing is unavailable).
+    /// (0 where packing is unavailable or does not pay; see `packed::available`).
     pub(super) fn pack(&mut self) -> usize {
         let packed: Option<Vec<PackedLinear>> = self.mlp.iter().map(PackedLinear::new).collect();
         self.packed = packed.unwrap_or_default();
@@ -56,17 +57,19 @@ impl Coupling {
 
     fn shift(&self, keep: &Tensor) -> Tensor {
         let rows = keep.size().first().copied().unwrap_or(0);
-        if self.feature_major && feature_major_suits(rows) {
-            return self.shift_feature_major(keep);
+        if let Some(columns) = self.feature_major.then(|| feature_major_columns(cpu(), rows)).flatten() {
+            return self.shift_feature_major(keep, columns);
         }
         self.shift_packed(keep).unwrap_or_else(|| self.shift_plain(keep))
     }
 
     /// The MLP on the transposed batch, hᵀ ← W·hᵀ + b: the weight matrix is the left operand
-    /// and the rows are the columns of each product (see `feature_major_suits`).
-    fn shift_feature_major(&self, keep: &Tensor) -> Tensor {
+    /// and the rows are the columns of each product (see `feature_major_columns`). The batch is
+    /// padded with zero rows to `columns` (≥ its rows); the padding's outputs are dropped.
+    fn shift_feature_major(&self, keep: &Tensor, columns: i64) -> Tensor {
+        let rows = keep.size().first().copied().unwrap_or(0);
         let last = self.mlp.len() - 1;
-        let mut h = keep.tr();
+        let mut h = if columns > rows { keep.constant_pad_nd([0, 0, 0, columns - rows]).tr() } else { keep.tr() };
         for (j, layer) in self.mlp.iter().enumerate() {
             h = match &layer.bs {
                 Some(b) => b.unsqueeze(1).addmm(&layer.ws, &h),
@@ -76,7 +79,7 @@ impl Coupling {
                 let _ = h.relu_();
             }
         }
-        h.tr()
+        h.tr().narrow(0, 0, rows)
     }
 
     /// None when the weights are not packed, packing does not gain at this batch size, or the
@@ -123,23 +126,30 @@ impl Coupling {
     }
 }
 
-/// Batch sizes for which the feature-major MLP beats the packed one. There MKL streams the
-/// weights as the left operand of each product, and its speed moves in steps of 16 rows (one
-/// AVX-512 register of f32): a part-filled last block of 16 costs about as much as a full one,
-/// so feature-major wins where that block is (nearly) full. Paper architecture, 2 threads,
-/// AVX-512, the paths timed alternately (bench/ceiling.rs), feature-major ÷ packed rows/s over
-/// three sweeps: 1.04–1.22 at 12–16 rows, 1.00–1.18 at 28–32 and 1.06–1.20 at 44–48; 0.83–0.99
-/// at 17–24, 33–40 and 49–64 (two copies of one path measured up to 4% apart). Without AVX-512
-/// the steps differ, and nothing was measured there.
-fn feature_major_suits(rows: i64) -> bool {
-    avx512() && rows <= 48 && (rows % 16 == 0 || rows % 16 >= 12)
-}
-
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx512f");
-    #[cfg(not(target_arch = "x86_64"))]
-    return false;
+/// How many columns the feature-major MLP should run a batch of `rows` rows with, or None where
+/// the row-major paths are faster. MKL streams the weights as the left operand of each product
+/// and processes the columns in blocks of 16 (one AVX-512 register of f32), so its speed moves in
+/// steps of 16 rows, differently per vendor. Paper architecture, 2 threads, the paths timed
+/// alternately (bench/ceiling.rs; two copies of one path measured up to 4% apart):
+/// - Intel: a part-filled last block costs about as much as a full one, so feature-major wins
+///   where that block is (nearly) full. Feature-major ÷ packed rows/s over three sweeps:
+///   1.04–1.22 at 12–16 rows, 1.00–1.18 at 28–32 and 1.06–1.20 at 44–48; 0.83–0.99 at 17–24,
+///   33–40 and 49–64.
+/// - AMD: a part-filled block cost up to twice a full one, so the batch is padded with zero rows
+///   to whole blocks. Padded feature-major ÷ plain rows/s over two sweeps of every size from 1 to
+///   64: 1.02–1.43 at 2–16 rows, 0.86–1.07 at 17–22, mostly 1.0–1.4 at 23–64 (1.30 at 32 in
+///   both), 1.00–1.28 at 96–384; 0.70–0.74 at 1 row and 0.99–1.09 at 512–1024.
+///
+/// Elsewhere nothing was measured, and the row-major paths run.
+fn feature_major_columns(cpu: Cpu, rows: i64) -> Option<i64> {
+    match cpu {
+        Cpu::IntelAvx512 => (rows <= 48 && (rows % 16 == 0 || rows % 16 >= 12)).then_some(rows),
+        Cpu::AmdAvx512 => {
+            let padded = (2..=16).contains(&rows) || (23..=384).contains(&rows);
+            padded.then_some((rows + 15) / 16 * 16)
+        }
+        Cpu::Other => None,
+    }
 }
 
 fn index(v: &[i64], device: Device) -> Tensor {
@@ -150,28 +160,51 @@ fn index(v: &[i64], device: Device) -> Tensor {
 mod tests {
     use super::*;
 
-    #[test]
-    fn feature_major_takes_nearly_full_blocks_of_16_rows() {
-        let chosen: Vec<i64> = (1..=64).filter(|&r| feature_major_suits(r)).collect();
-        let expected: Vec<i64> =
-            if avx512() { [12..=16, 28..=32, 44..=48].into_iter().flatten().collect() } else { vec![] };
-        assert_eq!(chosen, expected);
+    fn chosen(cpu: Cpu) -> Vec<(i64, i64)> {
+        (1..=512).filter_map(|r| feature_major_columns(cpu, r).map(|c| (r, c))).collect()
     }
 
+    #[test]
+    fn intel_runs_nearly_full_blocks_of_16_rows_feature_major_unpadded() {
+        let expected: Vec<(i64, i64)> = [12..=16, 28..=32, 44..=48].into_iter().flatten().map(|r| (r, r)).collect();
+        assert_eq!(chosen(Cpu::IntelAvx512), expected);
+    }
+
+    #[test]
+    fn amd_pads_feature_major_batches_to_whole_blocks_of_16() {
+        let chosen = chosen(Cpu::AmdAvx512);
+        let rows: Vec<i64> = chosen.iter().map(|&(r, _)| r).collect();
+        let expected: Vec<i64> = [2..=16, 23..=384].into_iter().flatten().collect();
+        assert_eq!(rows, expected);
+        for (rows, columns) in chosen {
+            assert!(columns % 16 == 0 && columns >= rows && columns - rows < 16, "{rows} rows -> {columns} columns");
+        }
+    }
+
+    #[test]
+    fn other_cpus_never_run_feature_major() {
+        assert!(chosen(Cpu::Other).is_empty());
+    }
+
+    /// The feature-major MLP gives the row-major one's values, with and without padding.
     #[test]
     fn feature_major_mlp_equals_row_major() {
         let vs = nn::VarStore::new(Device::Cpu);
         let mut c = Coupling::new(&vs.root(), 10, 0, 3, 40);
         // The last layer starts at zero; give it weights so that the shift is not trivially 0.
         tch::no_grad(|| c.mlp[3].ws.copy_(&(Tensor::randn([5, 40], (Kind::Float, Device::Cpu)) * 0.3)));
-        let x = Tensor::randn([16, 10], (Kind::Float, Device::Cpu));
-        let keep = x.index_select(1, &c.keep);
-        let row_major = c.shift_plain(&keep);
-        c.set_feature_major(true);
-        let feature_major = c.shift_feature_major(&keep);
-        assert_eq!(feature_major.size(), [16, 5]);
-        let diff = (&feature_major - &row_major).abs().max().double_value(&[]);
-        let scale = row_major.abs().max().double_value(&[]);
-        assert!(scale > 0.1 && diff <= 1e-5 * scale, "diff {diff} at scale {scale}");
+        for (rows, columns) in [(16, 16), (13, 16), (1, 16), (17, 32)] {
+            let x = Tensor::randn([rows, 10], (Kind::Float, Device::Cpu));
+            let keep = x.index_select(1, &c.keep);
+            let row_major = c.shift_plain(&keep);
+            let feature_major = c.shift_feature_major(&keep, columns);
+            assert_eq!(feature_major.size(), [rows, 5]);
+            let diff = (&feature_major - &row_major).abs().max().double_value(&[]);
+            let scale = row_major.abs().max().double_value(&[]);
+            assert!(
+                scale > 0.1 && diff <= 1e-5 * scale,
+                "{rows} rows in {columns} columns: diff {diff} at scale {scale}"
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! NICE (Dinh, Krueger, Bengio 2014) in tch: additive couplings, a diagonal scaling, a factorised
 //! prior and the model's own fixed preprocessing. Pure tensor code: no HTTP, no async.
 mod coupling;
+mod cpu;
 mod nice;
 pub mod packed;
 mod preprocess;

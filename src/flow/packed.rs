@@ -10,6 +10,7 @@
 //! its CBLAS API. Where they are missing (another BLAS, ARM) packing is unavailable and the plain
 //! tch path runs. Packing is for frozen weights only: the packed copy does not follow later
 //! changes to the variables, so training never packs.
+use super::cpu::{cpu, Cpu};
 use std::sync::OnceLock;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -96,10 +97,13 @@ fn mkl() -> Option<&'static Mkl> {
     .as_ref()
 }
 
-/// Whether this process can pack weights (x86 libtorch with MKL, not disabled by the
-/// `FLOWSCORE_NO_PACKED_GEMM` environment variable).
+/// Whether this process packs weights for inference: x86 libtorch with MKL, not disabled by the
+/// `FLOWSCORE_NO_PACKED_GEMM` environment variable, on a CPU where packing pays. On AMD, MKL's
+/// packed kernels were slower than libtorch's own GEMMs at every batch size from 8 to 384 rows
+/// (0.72–0.98×, paper architecture, 2 threads, timed alternately), so the weights are not packed
+/// there and the copy's memory is saved.
 pub fn available() -> bool {
-    mkl().is_some()
+    mkl().is_some() && cpu() != Cpu::AmdAvx512
 }
 
 /// One `nn::Linear` (y = x Wᵀ + b) with W held in MKL's packed layout.
@@ -116,6 +120,9 @@ pub(super) struct PackedLinear {
 impl PackedLinear {
     /// Packs a CPU f32 layer; None when packing is unavailable or the layer does not qualify.
     pub(super) fn new(layer: &nn::Linear) -> Option<PackedLinear> {
+        if !available() {
+            return None;
+        }
         let mkl = mkl()?;
         let w = layer.ws.detach().contiguous();
         if w.device() != Device::Cpu || w.kind() != Kind::Float {
