@@ -11,9 +11,10 @@
 //! src/flow/packed.rs); and `served`, what the server runs: `packed`, except that the batch
 //! sizes in src/flow/coupling.rs (`feature_major_columns`) run the MLP feature-major. Without MKL,
 //! or on CPUs where packing is slower (AMD), `packed` is left out and `served` is plain plus
-//! feature-major. Per path it prints `path=NAME` lines with the batch throughput, the single-row
-//! latency and rows/s at the `--curve` batch sizes; then two parseable summary lines, taken from
-//! the fastest path:
+//! feature-major; where the oneDNN path is on (AMD, src/flow/onednn.rs), `served` is oneDNN.
+//! Per path it prints `path=NAME` lines with the batch throughput, the single-row latency and
+//! rows/s at the `--curve` batch sizes; then two parseable summary lines, taken from the fastest
+//! path:
 //!   ceiling_rows_per_s=<batch / median batch time> path=.. rows_per_s=.. batch=.. threads=..
 //!     batch_ms_median=.. batch_ms_p90=.. mean_rows_per_s=.. iters=..
 //!   single_row_ms_median=.. single_row_ms_p99=.. single_row_ms_min=.. iters=.. path=..
@@ -212,7 +213,10 @@ fn main() {
     packed.nice.set_feature_major(false);
     let mut served = load(&args);
     served.nice.pack_for_inference();
-    let results = if packed_bytes > 0 {
+    let results = if flowscore::flow::onednn::available() {
+        println!("# served = oneDNN on every batch size (src/flow/onednn.rs); no separate `packed` path");
+        measure(&[("plain", &plain), ("served", &served)], &args)
+    } else if packed_bytes > 0 {
         measure(&[("plain", &plain), ("packed", &packed), ("served", &served)], &args)
     } else {
         println!("# no `packed` path: packed weights are unavailable in this libtorch or slower on this CPU (src/flow/packed.rs)");

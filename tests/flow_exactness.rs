@@ -79,15 +79,16 @@ fn batch_equals_rows() {
     let plain = random_model(5, Prior::Logistic, standardize(5, 3), 3);
     let mut packed = random_model(5, Prior::Logistic, standardize(5, 3), 3);
     let packed_bytes = packed.nice.pack_for_inference();
-    assert_eq!(packed_bytes > 0, flowscore::flow::packed::available());
+    assert_eq!(packed_bytes > 0, flowscore::flow::packed::available() || flowscore::flow::onednn::available());
     let _g = tch::no_grad_guard();
     let total = 400;
     let x = random_rows(total, 5, -4.0, 4.0, 9);
     let reference = to_vec(&plain.nice.log_prob(&x).unwrap());
     // Batch sizes from every regime the server may form, on both paths, against the plain full
     // batch. Served on Intel AVX-512: 1-2 rows and 384 or more plain, 16, 30, 32 and 48
-    // feature-major, the rest packed; on AMD AVX-512: 1 and 400 rows (and the 17-row remainder
-    // of 383) plain, the rest feature-major padded to whole blocks of 16 rows.
+    // feature-major, the rest packed; on AMD AVX-512: every size through oneDNN (or, with
+    // oneDNN unavailable, 1 and 400 rows and the 17-row remainder of 383 plain, the rest
+    // feature-major padded to whole blocks of 16 rows).
     for model in [&plain, &packed] {
         for size in [1, 2, 3, 7, 16, 30, 32, 33, 48, 383, 384, 400] {
             for start in (0..total).step_by(size) {

@@ -103,7 +103,9 @@ async fn train_promote_and_serve_the_new_version() {
     let (status, after) = s.post("/log_prob", row).await;
     assert_eq!(status, 200);
     assert_eq!(after["model"], json!({"name": "tab", "version": "2"}));
-    let v2 = flowscore::store::load(&models.join("tab/2"), tch::Device::Cpu).unwrap();
+    // Prepared as the server prepares it, so that the same forward path gives the same bits.
+    let mut v2 = flowscore::store::load(&models.join("tab/2"), tch::Device::Cpu).unwrap();
+    v2.nice.pack_for_inference();
     let x = tch::Tensor::from_slice(&[3.0f32, -1.0, 0.0]).view([1, 3]);
     let expected = tch::no_grad(|| v2.nice.log_prob(&x).unwrap().double_value(&[0]));
     assert!((after["log_prob"][0].as_f64().unwrap() - expected).abs() < 1e-9);

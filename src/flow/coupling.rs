@@ -1,5 +1,6 @@
 //! Additive coupling: y_keep = x_keep, y_other = x_other + m(x_keep). Unit Jacobian.
 use super::cpu::{cpu, Cpu};
+use super::onednn::OneDnnLinear;
 use super::packed::PackedLinear;
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
@@ -10,6 +11,9 @@ pub(super) struct Coupling {
     mlp: Vec<nn::Linear>,
     /// The same layers in MKL's packed layout, for inference (empty unless packed).
     packed: Vec<PackedLinear>,
+    /// The same layers in oneDNN's layout, for inference (empty unless reordered; where present
+    /// they run every batch that qualifies).
+    onednn: Vec<OneDnnLinear>,
     /// Whether batches of the sizes in `feature_major_columns` run the MLP feature-major.
     feature_major: bool,
 }
@@ -37,14 +41,23 @@ impl Coupling {
             other: index(&other, device),
             mlp,
             packed: Vec::new(),
+            onednn: Vec::new(),
             feature_major: false,
         }
     }
 
-    /// Packs the MLP's current weights for inference and, on CPU (the only device it was
-    /// measured on), turns the feature-major path on; returns the bytes the packed copy holds
-    /// (0 where packing is unavailable or does not pay; see `packed::available`).
+    /// Prepares the MLP's current weights for inference: reordered for oneDNN where that path is
+    /// available (`onednn::available`), otherwise packed for MKL where that pays, with the
+    /// feature-major path on (CPU only, the only device it was measured on). Returns the bytes
+    /// the prepared copy holds (0 where neither applies).
     pub(super) fn pack(&mut self) -> usize {
+        let last = self.mlp.len() - 1;
+        let onednn: Option<Vec<OneDnnLinear>> =
+            self.mlp.iter().enumerate().map(|(j, layer)| OneDnnLinear::new(layer, j < last)).collect();
+        self.onednn = onednn.unwrap_or_default();
+        if !self.onednn.is_empty() {
+            return self.onednn.iter().map(OneDnnLinear::bytes).sum();
+        }
         let packed: Option<Vec<PackedLinear>> = self.mlp.iter().map(PackedLinear::new).collect();
         self.packed = packed.unwrap_or_default();
         self.feature_major = self.keep.device() == Device::Cpu;
@@ -56,6 +69,9 @@ impl Coupling {
     }
 
     fn shift(&self, keep: &Tensor) -> Tensor {
+        if let Some(shift) = self.shift_onednn(keep) {
+            return shift;
+        }
         let rows = keep.size().first().copied().unwrap_or(0);
         if let Some(columns) = self.feature_major.then(|| feature_major_columns(cpu(), rows)).flatten() {
             return self.shift_feature_major(keep, columns);
@@ -80,6 +96,19 @@ impl Coupling {
             }
         }
         h.tr().narrow(0, 0, rows)
+    }
+
+    /// None when the weights are not reordered for oneDNN or the input does not qualify (it
+    /// needs autograd, as inpainting's does).
+    fn shift_onednn(&self, keep: &Tensor) -> Option<Tensor> {
+        if self.onednn.is_empty() {
+            return None;
+        }
+        let mut h = keep.shallow_clone();
+        for layer in &self.onednn {
+            h = layer.forward(&h)?;
+        }
+        Some(h)
     }
 
     /// None when the weights are not packed, packing does not gain at this batch size, or the

@@ -3,6 +3,7 @@
 mod coupling;
 mod cpu;
 mod nice;
+pub mod onednn;
 pub mod packed;
 mod preprocess;
 mod prior;
