@@ -164,10 +164,11 @@ impl Coupling {
 ///   where that block is (nearly) full. Feature-major ÷ packed rows/s over three sweeps:
 ///   1.04–1.22 at 12–16 rows, 1.00–1.18 at 28–32 and 1.06–1.20 at 44–48; 0.83–0.99 at 17–24,
 ///   33–40 and 49–64.
-/// - AMD: a part-filled block cost up to twice a full one, so the batch is padded with zero rows
-///   to whole blocks. Padded feature-major ÷ plain rows/s over two sweeps of every size from 1 to
-///   64: 1.02–1.43 at 2–16 rows, 0.86–1.07 at 17–22, mostly 1.0–1.4 at 23–64 (1.30 at 32 in
-///   both), 1.00–1.28 at 96–384; 0.70–0.74 at 1 row and 0.99–1.09 at 512–1024.
+/// - AMD (where the oneDNN path, faster still, is off; see `flow::onednn`): a part-filled block
+///   cost up to twice a full one, so the batch is padded with zero rows to whole blocks. Padded
+///   feature-major ÷ plain rows/s over two sweeps of every size from 1 to 64: 1.02–1.43 at 2–16
+///   rows, 0.86–1.07 at 17–22, mostly 1.0–1.4 at 23–64 (1.30 at 32 in both), 1.00–1.28 at
+///   96–384; 0.70–0.74 at 1 row and 0.99–1.09 at 512–1024.
 ///
 /// Elsewhere nothing was measured, and the row-major paths run.
 fn feature_major_columns(cpu: Cpu, rows: i64) -> Option<i64> {
