@@ -70,6 +70,22 @@ impl FlowSpec {
     }
 }
 
+/// A linear layer's weight [out, in] and bias [out] as detached, contiguous CPU f32 tensors (a
+/// zero bias where the layer has none): what the inference paths prepare their copies from
+/// (`packed`, `onednn`). None for layers on another device or of another kind.
+fn frozen_weights(layer: &tch::nn::Linear) -> Option<(tch::Tensor, tch::Tensor)> {
+    let w = layer.ws.detach().contiguous();
+    if w.device() != tch::Device::Cpu || w.kind() != tch::Kind::Float {
+        return None;
+    }
+    let (n, _) = w.size2().ok()?;
+    let bias = match &layer.bs {
+        Some(b) => b.detach().contiguous(),
+        None => tch::Tensor::zeros([n], (tch::Kind::Float, tch::Device::Cpu)),
+    };
+    Some((w, bias))
+}
+
 /// bits/dim of 8-bit data scaled to [0,1]: (−log p + D ln 256) / (D ln 2).
 pub fn bits_per_dim(log_prob: f64, dim: usize, eight_bit: bool) -> f64 {
     let d = dim as f64;

@@ -74,15 +74,8 @@ impl OneDnnLinear {
         if !available() {
             return None;
         }
-        let w = layer.ws.detach().contiguous();
-        if w.device() != Device::Cpu || w.kind() != Kind::Float {
-            return None;
-        }
-        let (n, k) = w.size2().ok()?;
-        let bias = match &layer.bs {
-            Some(b) => b.detach().contiguous(),
-            None => Tensor::zeros([n], (Kind::Float, Device::Cpu)),
-        };
+        let (w, bias) = super::frozen_weights(layer)?;
+        let (_, k) = w.size2().ok()?;
         let mut error = std::ptr::null_mut();
         // SAFETY: `w` is a live contiguous f32 tensor; the shim only reads it.
         let packed = take(unsafe { flowscore_onednn_pack(w.as_ptr(), &mut error) }, error, "weight reorder")?;

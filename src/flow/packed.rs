@@ -124,15 +124,8 @@ impl PackedLinear {
             return None;
         }
         let mkl = mkl()?;
-        let w = layer.ws.detach().contiguous();
-        if w.device() != Device::Cpu || w.kind() != Kind::Float {
-            return None;
-        }
+        let (w, bias) = super::frozen_weights(layer)?;
         let (n, k) = w.size2().ok()?;
-        let bias = match &layer.bs {
-            Some(b) => b.detach().contiguous(),
-            None => Tensor::zeros([n], (Kind::Float, Device::Cpu)),
-        };
         let (ni, ki) = (i32::try_from(n).ok()?, i32::try_from(k).ok()?);
         // SAFETY: plain query with valid dimensions.
         let bytes = unsafe { (mkl.get_size)(B_MATRIX, PACK_FOR_ROWS, ni, ki) };
