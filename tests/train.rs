@@ -170,3 +170,17 @@ fn cli_train_eval_sample_inspect() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/card.json"));
 }
+
+#[test]
+fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    // `serve` logs its arguments at info before it loads anything; stderr here is a pipe, as
+    // under docker or a log collector, where colour codes would garble every line.
+    let out = Command::new(env!("CARGO_BIN_EXE_flowscore"))
+        .args(["serve", "--model", "/nonexistent", "--bind", "127.0.0.1:0"])
+        .env_remove("FLOWSCORE_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("INFO") && stderr.contains("starting"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "colour codes in piped logs: {stderr:?}");
+}
