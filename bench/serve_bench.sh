@@ -11,7 +11,9 @@
 #      rows/s at batch 512 with 2 threads (the fastest of its plain, packed and served paths),
 #      and the 1-row compute time (median, p99); measured again after (c) and (d), and averaged.
 #  (c) flowscore serve (defaults, --threads 2) under wrk: 64-row JSON c32, 512-row NPY c8,
-#      1-row JSON c32, 1-row JSON c1.
+#      1-row JSON c32, 1-row JSON c1. Before the first of these and after each of the first three,
+#      a short ceiling run (6 s) brackets the load, so that each ratio target is judged against
+#      the ceiling measured within seconds of it, not minutes.
 #  (d) flowscore serve --batching false: 1-row JSON c32.
 #  (e) the PyTorch/FastAPI server: the same four loads, once with inference in FastAPI's
 #      threadpool (what a plain `def` endpoint does) and once inline in the async handler.
@@ -24,7 +26,8 @@
 #   BENCH_WARMUP [2]          seconds of untimed load before each measured load (0: none)
 #   BENCH_RSS_ROWS [1000000]  rows to score in the RSS check (at ~2k rows/s: ~8 min)
 #   BENCH_RSS_MAX_S [1200]    hard cap on the RSS check's long phase
-#   BENCH_SKIP []             comma list of stages to skip: ceiling,flowscore,nobatch,pytorch,rss
+#   BENCH_SKIP []             comma list of stages to skip: ceiling,adjacent,flowscore,nobatch,pytorch,rss
+#                             (adjacent: the short ceiling runs that bracket flowscore's loads)
 #   BENCH_PORT [18080]        flowscore's port; the PyTorch server uses BENCH_PORT+1
 #   BENCH_MODEL [bench/out/model-paper]
 #   FLOWSCORE_BIN [./target/release/flowscore] (built with `cargo build --release` if absent)
@@ -214,7 +217,12 @@ run_loads() { # server port load-names...
       wrk_run "$server-$load" "$port" "$BODIES/$file" "$ctype" "$rows" "$conc" "$DURATION"
       line=$WRK_LINE
       wait_idle "$SERVER_PID"
-      echo "result server=$server load=$load conc=$conc ${line#wrk_result } loadavg1=$(cut -d' ' -f1 /proc/loadavg)" >>"$RAW"
+      adj=
+      if [ "$server" = flowscore ] && [ "$conc" -gt 1 ] && ! skip adjacent; then
+        adj="adj_before=$((ADJ_SEQ - 1)) adj_after=$ADJ_SEQ"
+        measure_adjacent
+      fi
+      echo "result server=$server load=$load conc=$conc ${line#wrk_result } loadavg1=$(cut -d' ' -f1 /proc/loadavg) $adj" >>"$RAW"
       printf '   %-18s %-11s rows/s %10s  p50 %9s ms  p99 %9s ms  non-2xx %s\n' "$server" "$load" \
         "$(field rows_per_s "$line")" "$(field p50_ms "$line")" "$(field p99_ms "$line")" "$(field non2xx "$line")"
     done
@@ -262,6 +270,21 @@ measure_ceiling() { # run-number
 }
 skip ceiling || measure_ceiling 1
 
+# A short ceiling run (served path at batch 512, 6 s) between two of flowscore's loads, with the
+# server idle. The report judges each ratio target against the two runs that bracket its load.
+ADJ_SEQ=0
+measure_adjacent() {
+  skip adjacent && return 0
+  local logf="$LOGS/ceiling-adjacent-$ADJ_SEQ.log"
+  # shellcheck disable=SC2086
+  $CEILING_CMD --model "$MODEL" --batch 512 --threads "$THREADS" --seconds 6 --single-seconds 1 --curve "" >"$logf" 2>&1 || true
+  local line
+  line=$(grep '^ceiling_rows_per_s=' "$logf") || die "adjacent ceiling run printed no ceiling_rows_per_s (log: $logf)"
+  echo "ceiling_adj seq=$ADJ_SEQ $line" >>"$RAW"
+  printf '   %-18s %-11s rows/s %10s  (ceiling, between loads)\n' ceiling "adjacent-$ADJ_SEQ" "$(field ceiling_rows_per_s "$line")"
+  ADJ_SEQ=$((ADJ_SEQ + 1))
+}
+
 FS_CMD=("$BIN" --threads "$THREADS" serve --model "$MODEL" --bind "127.0.0.1:$FS_PORT" "${SERVE_EXTRA[@]+"${SERVE_EXTRA[@]}"}")
 
 # ---- (c) flowscore, default (batching on) ----
@@ -269,6 +292,7 @@ if ! skip flowscore; then
   log "flowscore serve (batching on)"
   start_server flowscore "$FS_PORT" "${FS_CMD[@]}"
   check_server flowscore "$FS_PORT"
+  measure_adjacent
   run_loads flowscore "$FS_PORT" json64_c32 npy512_c8 json1_c32 json1_c1
   stop_server
 fi

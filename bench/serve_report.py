@@ -32,6 +32,7 @@ RSS_LIMIT_BYTES = 50e6   # "RSS growth <= 50 MB", decimal megabytes
 
 def parse(path):
     meta, ceiling, results, rss, checks, bodies = {}, {}, {}, {}, {}, []
+    adjacent = {}
     with open(path, encoding="utf-8") as f:
         for raw in f:
             parts = raw.split()
@@ -46,6 +47,8 @@ def parse(path):
                 meta.update(kv)
             elif kind == "ceiling":
                 ceiling.setdefault(kv.get("run", "1"), {}).update(kv)
+            elif kind == "ceiling_adj":
+                adjacent[kv["seq"]] = kv
             elif kind == "result":
                 results[(kv["server"], kv["load"])] = kv
             elif kind == "rss":
@@ -54,7 +57,7 @@ def parse(path):
                 checks[kv["server"]] = kv
             elif kind == "body":
                 bodies.append(kv)
-    return meta, ceiling, results, rss, checks, bodies
+    return meta, ceiling, results, rss, checks, bodies, adjacent
 
 
 def num(d, key):
@@ -87,7 +90,7 @@ def main():
     ap.add_argument("--md", default="bench/out/serve-results.md")
     args = ap.parse_args()
     try:
-        meta, ceiling, results, rss, checks, bodies = parse(args.raw)
+        meta, ceiling, results, rss, checks, bodies, adjacent = parse(args.raw)
     except (OSError, KeyError) as e:
         print(f"serve_report: cannot read {args.raw}: {e}", file=sys.stderr)
         return 2
@@ -135,6 +138,10 @@ def main():
       f"{first.get('threads', '2')} threads, the fastest of its paths: plain, packed, served): "
       f"**{fmt(ceil)} rows/s** (mean of {len(runs)} run(s) before and after flowscore's loads: "
       f"{ceiling_runs}); 1-row compute: median {fmt(single_med, 3)} ms, p99 {fmt(single_p99, 3)} ms")
+    if adjacent:
+        w("- bracketing ceiling runs (6 s each, served path, between flowscore's loads with the server idle; "
+          "each ratio target is judged against the two around its load): "
+          + ", ".join(fmt(num(adjacent[k], "ceiling_rows_per_s")) for k in sorted(adjacent, key=int)))
     w("- PyTorch server: bench/pytorch_server.py (FastAPI + uvicorn, 1 worker, float32, no "
       "cross-request batching); inference in FastAPI's threadpool (as a plain `def` endpoint) and/or "
       f"inline in the async handler (run here: {meta.get('pytorch_inference', '?')}); the PyTorch "
@@ -175,14 +182,28 @@ def main():
             return "UNSURE"
         return "PASS" if ok else "FAIL"
 
+    def bracketing(server, load):
+        """The short ceiling runs just before and just after the load, if both were measured."""
+        r = results.get((server, load), {})
+        runs = [num(adjacent.get(r.get(k), {}), "ceiling_rows_per_s") for k in ("adj_before", "adj_after")]
+        return runs if all(runs) else None
+
     def ratio_target(name, server, load, frac):
         rs = rows_s(server, load)
         if rs is None or not ceil:
             targets.append((name, "n/a", verdict(None)))
             return
         got = f"{100 * rs / ceil:.0f}% ({fmt(rs)} / {fmt(ceil)})"
-        ok = rs >= frac * ceil_hi or ("unsure" if rs >= frac * ceil_lo else False)
-        if ceil_hi != ceil_lo:
+        near = bracketing(server, load)
+        # Judged against the two ceiling runs nearest in time when there are any (the machine
+        # drifts over minutes), else against the two long runs: PASS only against the faster,
+        # FAIL only against the slower, UNSURE in between.
+        hi, lo = (max(near), min(near)) if near else (ceil_hi, ceil_lo)
+        ok = rs >= frac * hi or ("unsure" if rs >= frac * lo else False)
+        if near:
+            got += (f"; {100 * rs / hi:.0f}% / {100 * rs / lo:.0f}% of the faster / slower bracketing "
+                    f"ceiling run ({fmt(hi)} / {fmt(lo)})")
+        elif ceil_hi != ceil_lo:
             got += f"; {100 * rs / ceil_hi:.0f}% / {100 * rs / ceil_lo:.0f}% of the faster / slower ceiling run"
         targets.append((name, got, verdict(ok, (server, load))))
 
