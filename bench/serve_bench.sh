@@ -11,9 +11,9 @@
 #      rows/s at batch 512 with 2 threads (the fastest of its plain, packed and served paths),
 #      and the 1-row compute time (median, p99); measured again after (c) and (d), and averaged.
 #  (c) flowscore serve (defaults, --threads 2) under wrk: 64-row JSON c32, 512-row NPY c8,
-#      1-row JSON c32, 1-row JSON c1. Before the first of these and after each of the first three,
-#      a short ceiling run (6 s) brackets the load, so that each ratio target is judged against
-#      the ceiling measured within seconds of it, not minutes.
+#      1-row JSON c32, 1-row JSON c1. Before the first of these and after each, a short ceiling
+#      run (6 s at batch 512, 3 s of single rows) brackets the load, so that each ratio target and
+#      the c1 latency target are judged against the ceiling measured within seconds, not minutes.
 #  (d) flowscore serve --batching false: 1-row JSON c32.
 #  (e) the PyTorch/FastAPI server: the same four loads, once with inference in FastAPI's
 #      threadpool (what a plain `def` endpoint does) and once inline in the async handler.
@@ -218,13 +218,15 @@ run_loads() { # server port load-names...
       line=$WRK_LINE
       wait_idle "$SERVER_PID"
       adj=
-      if [ "$server" = flowscore ] && [ "$conc" -gt 1 ] && ! skip adjacent; then
+      bracket=
+      if [ "$server" = flowscore ] && ! skip adjacent; then
         adj="adj_before=$((ADJ_SEQ - 1)) adj_after=$ADJ_SEQ"
-        measure_adjacent
+        bracket=1
       fi
       echo "result server=$server load=$load conc=$conc ${line#wrk_result } loadavg1=$(cut -d' ' -f1 /proc/loadavg) $adj" >>"$RAW"
       printf '   %-18s %-11s rows/s %10s  p50 %9s ms  p99 %9s ms  non-2xx %s\n' "$server" "$load" \
         "$(field rows_per_s "$line")" "$(field p50_ms "$line")" "$(field p99_ms "$line")" "$(field non2xx "$line")"
+      [ -z "$bracket" ] || measure_adjacent
     done
   done
 }
@@ -270,17 +272,18 @@ measure_ceiling() { # run-number
 }
 skip ceiling || measure_ceiling 1
 
-# A short ceiling run (served path at batch 512, 6 s) between two of flowscore's loads, with the
+# A short ceiling run (batch 512 for 6 s, single rows for 3 s) between two of flowscore's loads, with the
 # server idle. The report judges each ratio target against the two runs that bracket its load.
 ADJ_SEQ=0
 measure_adjacent() {
   skip adjacent && return 0
   local logf="$LOGS/ceiling-adjacent-$ADJ_SEQ.log"
   # shellcheck disable=SC2086
-  $CEILING_CMD --model "$MODEL" --batch 512 --threads "$THREADS" --seconds 6 --single-seconds 1 --curve "" >"$logf" 2>&1 || true
+  $CEILING_CMD --model "$MODEL" --batch 512 --threads "$THREADS" --seconds 6 --single-seconds 3 --curve "" >"$logf" 2>&1 || true
   local line
   line=$(grep '^ceiling_rows_per_s=' "$logf") || die "adjacent ceiling run printed no ceiling_rows_per_s (log: $logf)"
   echo "ceiling_adj seq=$ADJ_SEQ $line" >>"$RAW"
+  grep '^single_row_ms_median=' "$logf" | sed "s/^/ceiling_adj seq=$ADJ_SEQ /" >>"$RAW"
   printf '   %-18s %-11s rows/s %10s  (ceiling, between loads)\n' ceiling "adjacent-$ADJ_SEQ" "$(field ceiling_rows_per_s "$line")"
   ADJ_SEQ=$((ADJ_SEQ + 1))
 }
