@@ -86,6 +86,19 @@ fn frozen_weights(layer: &tch::nn::Linear) -> Option<(tch::Tensor, tch::Tensor)>
     Some((w, bias))
 }
 
+/// A batch x as the prepared layers take it: a contiguous CPU f32 [m, k] matrix with m > 0 and
+/// the layer's k, outside autograd. None otherwise (the caller then takes the plain path).
+fn frozen_input(x: &tch::Tensor, k: i64) -> Option<(tch::Tensor, i64)> {
+    if x.device() != tch::Device::Cpu || x.kind() != tch::Kind::Float || x.requires_grad() {
+        return None;
+    }
+    let (m, cols) = x.size2().ok()?;
+    if cols != k || m == 0 {
+        return None;
+    }
+    Some((x.contiguous(), m))
+}
+
 /// bits/dim of 8-bit data scaled to [0,1]: (−log p + D ln 256) / (D ln 2).
 pub fn bits_per_dim(log_prob: f64, dim: usize, eight_bit: bool) -> f64 {
     let d = dim as f64;

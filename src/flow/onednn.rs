@@ -13,7 +13,7 @@
 use super::cpu::{cpu, Cpu};
 use std::ffi::{c_char, CStr};
 use std::sync::OnceLock;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Tensor};
 use torch_sys::C_tensor;
 
 extern "C" {
@@ -85,14 +85,7 @@ impl OneDnnLinear {
     /// The layer on a CPU f32 batch x of shape [m, k]; None if x does not qualify (the caller then
     /// takes another path).
     pub(super) fn forward(&self, x: &Tensor) -> Option<Tensor> {
-        if x.device() != Device::Cpu || x.kind() != Kind::Float || x.requires_grad() {
-            return None;
-        }
-        let (m, k) = x.size2().ok()?;
-        if k != self.k || m == 0 {
-            return None;
-        }
-        let x = x.contiguous();
+        let (x, _) = super::frozen_input(x, self.k)?;
         let mut error = std::ptr::null_mut();
         // SAFETY: all three tensors are live for the call; the shim only reads them and returns a
         // new tensor.

@@ -158,14 +158,7 @@ impl PackedLinear {
     /// then takes the plain path).
     pub(super) fn forward(&self, x: &Tensor) -> Option<Tensor> {
         let mkl = mkl()?;
-        if x.device() != Device::Cpu || x.kind() != Kind::Float || x.requires_grad() {
-            return None;
-        }
-        let (m, k) = x.size2().ok()?;
-        if k != self.k || m == 0 {
-            return None;
-        }
-        let x = x.contiguous();
+        let (x, m) = super::frozen_input(x, self.k)?;
         // C starts as the bias in every row; the GEMM adds x·Wᵀ to it (beta = 1).
         let out = self.bias.repeat([m, 1]);
         let (mi, ni, ki) = (i32::try_from(m).ok()?, self.n as i32, self.k as i32);
