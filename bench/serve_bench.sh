@@ -12,8 +12,9 @@
 #      and the 1-row compute time (median, p99); measured again after (c) and (d), and averaged.
 #  (c) flowscore serve (defaults, --threads 2) under wrk: 64-row JSON c32, 512-row NPY c8,
 #      1-row JSON c32, 1-row JSON c1. Before the first of these and after each, a short ceiling
-#      run (6 s at batch 512, 3 s of single rows) brackets the load, so that each ratio target and
-#      the c1 latency target are judged against the ceiling measured within seconds, not minutes.
+#      run (6 s at batch 512, then single rows for as long as a load) brackets the load, so that
+#      each ratio target and the c1 latency target are judged against the ceiling measured within
+#      seconds, not minutes.
 #  (d) flowscore serve --batching false: 1-row JSON c32.
 #  (e) the PyTorch/FastAPI server: the same four loads, once with inference in FastAPI's
 #      threadpool (what a plain `def` endpoint does) and once inline in the async handler.
@@ -272,18 +273,21 @@ measure_ceiling() { # run-number
 }
 skip ceiling || measure_ceiling 1
 
-# A short ceiling run (batch 512 for 6 s, single rows for 3 s) between two of flowscore's loads, with the
-# server idle. The report judges each ratio target against the two runs that bracket its load.
+# A short ceiling run (batch 512 for 6 s, then single rows for as long as one load) between two of
+# flowscore's loads, with the server idle. The report judges each ratio target against the two runs
+# that bracket its load, and the c1 p99 against their single-row p99: measured over a window as long
+# as the c1 load's, since a p99 over a few seconds misses the machine's rarer stalls that the load's
+# 15 s catch.
 ADJ_SEQ=0
 measure_adjacent() {
   skip adjacent && return 0
   local logf="$LOGS/ceiling-adjacent-$ADJ_SEQ.log"
   # shellcheck disable=SC2086
-  $CEILING_CMD --model "$MODEL" --batch 512 --threads "$THREADS" --seconds 6 --single-seconds 3 --curve "" >"$logf" 2>&1 || true
+  $CEILING_CMD --model "$MODEL" --batch 512 --threads "$THREADS" --seconds 6 --single-seconds "$DURATION" --curve "" >"$logf" 2>&1 || true
   local line
   line=$(grep '^ceiling_rows_per_s=' "$logf") || die "adjacent ceiling run printed no ceiling_rows_per_s (log: $logf)"
   echo "ceiling_adj seq=$ADJ_SEQ $line" >>"$RAW"
-  grep '^single_row_ms_median=' "$logf" | sed "s/^/ceiling_adj seq=$ADJ_SEQ /" >>"$RAW"
+  grep '^single_row_ms_median=' "$logf" | sed "s/^/ceiling_adj seq=$ADJ_SEQ single_s=$DURATION /" >>"$RAW"
   printf '   %-18s %-11s rows/s %10s  (ceiling, between loads)\n' ceiling "adjacent-$ADJ_SEQ" "$(field ceiling_rows_per_s "$line")"
   ADJ_SEQ=$((ADJ_SEQ + 1))
 }

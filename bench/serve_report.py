@@ -139,7 +139,9 @@ def main():
       f"**{fmt(ceil)} rows/s** (mean of {len(runs)} run(s) before and after flowscore's loads: "
       f"{ceiling_runs}); 1-row compute: median {fmt(single_med, 3)} ms, p99 {fmt(single_p99, 3)} ms")
     if adjacent:
-        w("- bracketing ceiling runs (batch 512 for 6 s and single rows for 3 s each, one before flowscore's "
+        # Runs before single_s was recorded timed 3 s of single rows.
+        single_s = next((adjacent[k]["single_s"] for k in adjacent if "single_s" in adjacent[k]), "3")
+        w(f"- bracketing ceiling runs (batch 512 for 6 s and single rows for {single_s} s each, one before flowscore's "
           "first load and one after each, with the server idle; each ratio target, and the c1 latency "
           "target, is judged against the two around its load): "
           + ", ".join(fmt(num(adjacent[k], "ceiling_rows_per_s")) for k in sorted(adjacent, key=int)))
