@@ -219,15 +219,13 @@ run_loads() { # server port load-names...
       line=$WRK_LINE
       wait_idle "$SERVER_PID"
       adj=
-      bracket=
       if [ "$server" = flowscore ] && ! skip adjacent; then
         adj="adj_before=$((ADJ_SEQ - 1)) adj_after=$ADJ_SEQ"
-        bracket=1
       fi
       echo "result server=$server load=$load conc=$conc ${line#wrk_result } loadavg1=$(cut -d' ' -f1 /proc/loadavg) $adj" >>"$RAW"
       printf '   %-18s %-11s rows/s %10s  p50 %9s ms  p99 %9s ms  non-2xx %s\n' "$server" "$load" \
         "$(field rows_per_s "$line")" "$(field p50_ms "$line")" "$(field p99_ms "$line")" "$(field non2xx "$line")"
-      [ -z "$bracket" ] || measure_adjacent
+      [ -z "$adj" ] || measure_adjacent
     done
   done
 }
