@@ -11,7 +11,9 @@
 //! src/flow/packed.rs); and `served`, what the server runs: `packed`, except that the batch
 //! sizes in src/flow/coupling.rs (`feature_major_columns`) run the MLP feature-major. Without MKL,
 //! or on CPUs where packing is slower (AMD), `packed` is left out and `served` is plain plus
-//! feature-major; where the oneDNN path is on (AMD, src/flow/onednn.rs), `served` is oneDNN.
+//! feature-major; where the oneDNN path is on (AMD, src/flow/onednn.rs), `served` is oneDNN, or,
+//! where our tiled AVX-512 kernel is on as well (AMD, src/flow/tiled.rs), that kernel up to 384
+//! rows and oneDNN above, timed against `onednn`, oneDNN at every size.
 //! Per path it prints `path=NAME` lines with the batch throughput, the single-row latency and
 //! rows/s at the `--curve` batch sizes; then two parseable summary lines, taken from the fastest
 //! path:
@@ -214,8 +216,14 @@ fn main() {
     let mut served = load(&args);
     served.nice.pack_for_inference();
     let results = if flowscore::flow::onednn::available() {
-        println!("# served = oneDNN on every batch size (src/flow/onednn.rs); no separate `packed` path");
-        measure(&[("plain", &plain), ("served", &served)], &args)
+        if flowscore::flow::tiled::available() {
+            println!("# onednn = oneDNN on every batch size (src/flow/onednn.rs); served = our tiled kernel up to 384 rows, oneDNN above (src/flow/tiled.rs)");
+            packed.nice.drop_tiled();
+            measure(&[("plain", &plain), ("onednn", &packed), ("served", &served)], &args)
+        } else {
+            println!("# served = oneDNN on every batch size (src/flow/onednn.rs); no separate `packed` path");
+            measure(&[("plain", &plain), ("served", &served)], &args)
+        }
     } else if packed_bytes > 0 {
         measure(&[("plain", &plain), ("packed", &packed), ("served", &served)], &args)
     } else {

@@ -86,9 +86,9 @@ fn batch_equals_rows() {
     let reference = to_vec(&plain.nice.log_prob(&x).unwrap());
     // Batch sizes from every regime the server may form, on both paths, against the plain full
     // batch. Served on Intel AVX-512: 1-2 rows and 384 or more plain, 16, 30, 32 and 48
-    // feature-major, the rest packed; on AMD AVX-512: every size through oneDNN (or, with
-    // oneDNN unavailable, 1 and 400 rows and the 17-row remainder of 383 plain, the rest
-    // feature-major padded to whole blocks of 16 rows).
+    // feature-major, the rest packed; on AMD AVX-512: up to 384 rows our tiled kernel, padded to
+    // whole blocks of 16 rows, and 400 rows oneDNN (or, with neither available, 1 and 400 rows
+    // and the 17-row remainder of 383 plain, the rest feature-major padded likewise).
     for model in [&plain, &packed] {
         for size in [1, 2, 3, 7, 16, 30, 32, 33, 48, 383, 384, 400] {
             for start in (0..total).step_by(size) {

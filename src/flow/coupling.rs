@@ -2,6 +2,7 @@
 use super::cpu::{cpu, Cpu};
 use super::onednn::OneDnnLinear;
 use super::packed::PackedLinear;
+use super::tiled::{self, TiledLinear};
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
 #[derive(Debug)]
@@ -14,6 +15,9 @@ pub(super) struct Coupling {
     /// The same layers in oneDNN's layout, for inference (empty unless reordered; where present
     /// they run every batch that qualifies).
     onednn: Vec<OneDnnLinear>,
+    /// The same layers in our AVX-512 kernel's tiles, for inference (empty unless packed; where
+    /// present they run every batch of up to `tiled::MAX_ROWS` rows that qualifies).
+    tiled: Vec<TiledLinear>,
     /// Whether batches of the sizes in `feature_major_columns` run the MLP feature-major.
     feature_major: bool,
 }
@@ -42,21 +46,30 @@ impl Coupling {
             mlp,
             packed: Vec::new(),
             onednn: Vec::new(),
+            tiled: Vec::new(),
             feature_major: false,
         }
     }
 
-    /// Prepares the MLP's current weights for inference: reordered for oneDNN where that path is
-    /// available (`onednn::available`), otherwise packed for MKL where that pays, with the
+    /// Prepares the MLP's current weights for inference: on AMD, packed in tiles for our kernel
+    /// (`tiled::available`; batches of up to `tiled::MAX_ROWS` rows) and reordered for oneDNN
+    /// (`onednn::available`; larger batches); elsewhere packed for MKL where that pays, with the
     /// feature-major path on (CPU only, the only device it was measured on). Returns the bytes
-    /// the prepared copy holds (0 where neither applies).
+    /// the prepared copies hold (0 where none applies).
     pub(super) fn pack(&mut self) -> usize {
         let last = self.mlp.len() - 1;
+        let tiled: Option<Vec<TiledLinear>> = if tiled::available() {
+            self.mlp.iter().enumerate().map(|(j, layer)| TiledLinear::new(layer, j < last)).collect()
+        } else {
+            None
+        };
+        self.tiled = tiled.unwrap_or_default();
         let onednn: Option<Vec<OneDnnLinear>> =
             self.mlp.iter().enumerate().map(|(j, layer)| OneDnnLinear::new(layer, j < last)).collect();
         self.onednn = onednn.unwrap_or_default();
-        if !self.onednn.is_empty() {
-            return self.onednn.iter().map(OneDnnLinear::bytes).sum();
+        if !self.tiled.is_empty() || !self.onednn.is_empty() {
+            let tiled: usize = self.tiled.iter().map(TiledLinear::bytes).sum();
+            return tiled + self.onednn.iter().map(OneDnnLinear::bytes).sum::<usize>();
         }
         let packed: Option<Vec<PackedLinear>> = self.mlp.iter().map(PackedLinear::new).collect();
         self.packed = packed.unwrap_or_default();
@@ -68,7 +81,14 @@ impl Coupling {
         self.feature_major = on;
     }
 
+    pub(super) fn drop_tiled(&mut self) {
+        self.tiled.clear();
+    }
+
     fn shift(&self, keep: &Tensor) -> Tensor {
+        if let Some(shift) = self.shift_tiled(keep) {
+            return shift;
+        }
         if let Some(shift) = self.shift_onednn(keep) {
             return shift;
         }
@@ -96,6 +116,16 @@ impl Coupling {
             }
         }
         h.tr().narrow(0, 0, rows)
+    }
+
+    /// None when the weights are not packed in tiles, the batch is larger than the kernel's
+    /// range, or the input does not qualify (it needs autograd, as inpainting's does).
+    fn shift_tiled(&self, keep: &Tensor) -> Option<Tensor> {
+        let rows = keep.size2().ok()?.0;
+        if self.tiled.is_empty() || rows > tiled::MAX_ROWS {
+            return None;
+        }
+        tiled::mlp(&self.tiled, keep)
     }
 
     /// None when the weights are not reordered for oneDNN or the input does not qualify (it

@@ -7,6 +7,7 @@ pub mod onednn;
 pub mod packed;
 mod preprocess;
 mod prior;
+pub mod tiled;
 
 pub use nice::{InpaintOptions, Nice};
 pub use preprocess::Preprocess;

@@ -173,6 +173,12 @@ impl Nice {
         self.couplings.iter_mut().map(Coupling::pack).sum()
     }
 
+    /// Drops the copies packed for our AVX-512 kernel (see `flow::tiled`), so that benchmarks can
+    /// time the oneDNN path alone at every batch size.
+    pub fn drop_tiled(&mut self) {
+        self.couplings.iter_mut().for_each(Coupling::drop_tiled);
+    }
+
     /// Turns the feature-major MLP path (on after `pack_for_inference`; see `flow::coupling`)
     /// off or on, so that benchmarks can time the paths against each other.
     pub fn set_feature_major(&mut self, on: bool) {
