@@ -41,14 +41,17 @@ const COLUMN_BLOCK: i64 = 16;
 /// 1024.
 pub(super) const MAX_ROWS: i64 = 384;
 
-/// Whether this process runs the coupling MLPs through the kernel: an AVX-512 CPU, and
-/// `FLOWSCORE_NO_PACKED_GEMM` unset. Only AMD was measured, so only AMD takes it when serving
-/// (`Coupling::pack`); the tests run the kernel on any AVX-512 CPU.
+/// Whether this process can run the kernel: an AVX-512 CPU, with neither
+/// `FLOWSCORE_NO_PACKED_GEMM` (no prepared weights at all) nor `FLOWSCORE_NO_TILED_KERNEL` (oneDNN
+/// at every batch size) set. Only AMD was measured, so only AMD takes it when serving
+/// (`available`); the tests run the kernel on any AVX-512 CPU.
 pub fn supported() -> bool {
     static SUPPORTED: OnceLock<bool> = OnceLock::new();
-    // SAFETY: a CPUID query.
     *SUPPORTED.get_or_init(|| {
-        std::env::var_os("FLOWSCORE_NO_PACKED_GEMM").is_none() && unsafe { flowscore_tiled_available() }
+        let off =
+            ["FLOWSCORE_NO_PACKED_GEMM", "FLOWSCORE_NO_TILED_KERNEL"].iter().any(|v| std::env::var_os(v).is_some());
+        // SAFETY: a CPUID query.
+        !off && unsafe { flowscore_tiled_available() }
     })
 }
 
