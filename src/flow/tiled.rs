@@ -84,10 +84,18 @@ impl TiledLinear {
         let (n, k) = w.size2().ok()?;
         // SAFETY: returns a constant.
         let tile = unsafe { flowscore_tiled_features_per_tile() };
-        let n_tiles = (n + tile - 1) / tile;
-        let pad = n_tiles * tile - n;
-        let tiles = w.constant_pad_nd([0, 0, 0, pad]).view([n_tiles, tile, k]).transpose(1, 2).contiguous();
-        let bias = bias.constant_pad_nd([0, pad]).contiguous();
+        let (full, rest) = (n / tile, n % tile);
+        let n_tiles = full + i64::from(rest > 0);
+        // Copied straight into place from views of W, so that packing allocates nothing but the
+        // tiles (a padded copy of W would be a temporary as large as the layer).
+        let tiles = Tensor::zeros([n_tiles, k, tile], (Kind::Float, Device::Cpu));
+        if full > 0 {
+            tiles.narrow(0, 0, full).copy_(&w.narrow(0, 0, full * tile).view([full, tile, k]).transpose(1, 2));
+        }
+        if rest > 0 {
+            tiles.get(full).narrow(1, 0, rest).copy_(&w.narrow(0, full * tile, rest).tr());
+        }
+        let bias = bias.constant_pad_nd([0, n_tiles * tile - n]);
         Some(TiledLinear { tiles, bias, relu, n, k })
     }
 
