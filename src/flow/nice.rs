@@ -164,10 +164,11 @@ impl Nice {
         Ok(cur)
     }
 
-    /// Packs the coupling weights for fast inference where the loaded libtorch allows it (see
-    /// `flow::packed`), and turns on the feature-major path for the batch sizes where it is
-    /// faster (see `flow::coupling`); returns the bytes the packed copies hold, 0 where packing is
-    /// unavailable. Only for frozen weights: later changes to the variables are not seen by the
+    /// Prepares the coupling weights for fast inference where this CPU and the loaded libtorch
+    /// allow it: on AMD our kernel's tiles (`flow::tiled`) and oneDNN's layout (`flow::onednn`),
+    /// elsewhere MKL's packed layout (`flow::packed`) with the feature-major path on for the batch
+    /// sizes where it is faster (`flow::coupling`). Returns the bytes the prepared copies hold, 0
+    /// where none applies. Only for frozen weights: later changes to the variables are not seen by the
     /// packed copies.
     pub fn pack_for_inference(&mut self) -> usize {
         self.couplings.iter_mut().map(Coupling::pack).sum()
