@@ -6,11 +6,13 @@
 #      Debian dataset package is not installed);
 #   3. Prometheus (its HTTP API) sees the flowscore target up and has
 #      flowscore_http_requests_total;
-#   4. POST /train (admin token from docker/flowscore.env) trains a small model "e2e" on 300
+#   4. POST /train (a random admin token, passed through the shell's environment as a user
+#      would) trains a small model "e2e" on 300
 #      uploaded rows, and the job succeeds;
 #   5. after `restart`, GET /models still lists that model (the volume kept it), and the live
 #      model is still the one that was live before (the job said `promote: never`);
-#   6. `down -v` removes everything it made (also on failure: trap).
+#   6. recreated without FLOWSCORE_ADMIN_TOKEN, the admin routes are off (404);
+#   7. `down -v` removes everything it made (also on failure: trap).
 # Exits non-zero on any failure. Prints the image size and the up-to-ready time.
 #
 # Environment: E2E_PROJECT (default flowscore-e2e), E2E_FLOWSCORE_PORT / E2E_PROMETHEUS_PORT
@@ -90,16 +92,9 @@ fi
 size=$(docker image inspect -f '{{.Size}}' "$FLOWSCORE_IMAGE") || fail "no image $FLOWSCORE_IMAGE"
 size_mb=$((size / 1000 / 1000))
 
-# --- admin token ------------------------------------------------------------------------
-envfile=docker/flowscore.env
-if [ ! -f "$envfile" ]; then
-  token=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
-  sed "s/^FLOWSCORE_ADMIN_TOKEN=.*/FLOWSCORE_ADMIN_TOKEN=$token/" docker/flowscore.env.example >"$envfile"
-  chmod 600 "$envfile"
-  say "created $envfile with a random admin token"
-fi
-token=$(sed -n 's/^FLOWSCORE_ADMIN_TOKEN=//p' "$envfile" | tail -1)
-[ -n "$token" ] || fail "$envfile sets no FLOWSCORE_ADMIN_TOKEN; /train needs one"
+# --- admin token: from the environment, as `FLOWSCORE_ADMIN_TOKEN=... docker compose up` ----
+token=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
+export FLOWSCORE_ADMIN_TOKEN=$token
 
 # --- up -------------------------------------------------------------------------------
 compose down -v --remove-orphans >/dev/null 2>&1 || true
@@ -221,5 +216,13 @@ say "after restart: /models lists $(json "', '.join(m['name'] + '/' + m['version
 code=$(curl -sS --max-time 30 -o /dev/null -w '%{http_code}' -X POST "$fs/log_prob" \
   -H 'content-type: application/json' --data-binary @"$tmp/rows.json")
 [ "$code" = 200 ] || fail "POST /log_prob after restart: HTTP $code"
+
+# --- without a token the admin routes are off ---------------------------------------------
+FLOWSCORE_ADMIN_TOKEN= compose up -d --no-build flowscore
+wait_ready 300
+code=$(curl -sS --max-time 10 -o "$tmp/train-off.json" -w '%{http_code}' -X POST "$fs/train" \
+  -H "authorization: Bearer $token" -H 'content-type: application/json' --data-binary '{}')
+[ "$code" = 404 ] || fail "POST /train without a configured token: HTTP $code, expected 404"
+say "without FLOWSCORE_ADMIN_TOKEN: POST /train is 404 (admin routes off)"
 
 say "image $FLOWSCORE_IMAGE: ${size_mb} MB; up to ready: ${ready_s} s"
