@@ -1,14 +1,21 @@
 //! Bakes libtorch's lib folder into the binary's rpath, so `flowscore` runs without
-//! LD_LIBRARY_PATH, and compiles the C++ next to the flow: the shim over libtorch's oneDNN linear
-//! operators (src/flow/cpp/onednn_linear.cpp; see src/flow/onednn.rs) and our own AVX-512 linear
-//! kernel (src/flow/cpp/tiled_linear.cpp; see src/flow/tiled.rs). The folder comes from LIBTORCH (set
-//! by .cargo/config.toml).
-use std::path::PathBuf;
+//! LD_LIBRARY_PATH, and compiles the C++ of the CPU kernels (src/kernels/cpp: the shim over
+//! libtorch's oneDNN linear operators and our own AVX-512 kernel). The folder comes from LIBTORCH
+//! (set by .cargo/config.toml).
+//!
+//! It also tells the tests which kernels this machine can run, as cfgs (`cpu_avx512`,
+//! `libtorch_mkl`, `libtorch_onednn`), so that a test of a kernel the machine lacks is ignored with
+//! its reason rather than passing without running; the tests check these against what the
+//! running process detects.
+use std::path::{Path, PathBuf};
+
+const CPP: [&str; 2] = ["src/kernels/cpp/onednn_linear.cpp", "src/kernels/cpp/tiled_linear.cpp"];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
-    println!("cargo:rerun-if-changed=src/flow/cpp/onednn_linear.cpp");
-    println!("cargo:rerun-if-changed=src/flow/cpp/tiled_linear.cpp");
+    for f in CPP {
+        println!("cargo:rerun-if-changed={f}");
+    }
     let libtorch = PathBuf::from(std::env::var("LIBTORCH").expect("LIBTORCH is set by .cargo/config.toml"));
     let lib = libtorch.join("lib");
     let lib = lib.canonicalize().unwrap_or(lib);
@@ -23,17 +30,49 @@ fn main() {
         .flag("-std=c++17")
         // The pip wheels' libtorch is built with the C++11 ABI.
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-        .file("src/flow/cpp/onednn_linear.cpp")
-        .file("src/flow/cpp/tiled_linear.cpp")
+        .files(CPP)
         .flag("-O3")
         // at::parallel_for is inline OpenMP in a libtorch built with it (AT_PARALLEL_OPENMP), as
         // the pip wheels are; it must run on libtorch's own OpenMP runtime, linked below.
         .flag("-fopenmp")
-        .compile("flowscore_onednn");
+        .compile("flowscore_kernels");
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
     // The OpenMP runtime libtorch ships (libgomp.so.1 in its lib folder, found first through the
     // rpath), so that our parallel regions and libtorch's share one thread pool.
     println!("cargo:rustc-link-arg=-l:libgomp.so.1");
+
+    kernel_cfgs(&lib.join("libtorch_cpu.so"));
+}
+
+/// The cfgs the tests read: what this (build = test) machine and its libtorch can run.
+fn kernel_cfgs(torch_cpu: &Path) {
+    for cfg in ["cpu_avx512", "libtorch_mkl", "libtorch_onednn"] {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+    }
+    println!("cargo:rerun-if-changed={}", torch_cpu.display());
+    let native = std::env::var("HOST").ok() == std::env::var("TARGET").ok();
+    if native && host_has_avx512() {
+        println!("cargo:rustc-cfg=cpu_avx512");
+    }
+    // The names libtorch exports or registers; the running process looks them up for real.
+    let bytes = std::fs::read(torch_cpu).unwrap_or_default();
+    let has = |name: &str| memchr::memmem::find(&bytes, name.as_bytes()).is_some();
+    if has("cblas_sgemm_pack_get_size") && has("cblas_sgemm_compute") {
+        println!("cargo:rustc-cfg=libtorch_mkl");
+    }
+    if has("mkldnn::_reorder_linear_weight") && has("mkldnn::_linear_pointwise") {
+        println!("cargo:rustc-cfg=libtorch_onednn");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn host_has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn host_has_avx512() -> bool {
+    false
 }

@@ -4,22 +4,20 @@
 //!
 //! Usage: cargo bench --bench ceiling -- [--model DIR] [--batch 512] [--threads 2]
 //!        [--seconds 8] [--single-seconds 5] [--curve 8,16,32,48,64] [--curve-seconds 2]
+//!        [--kernels auto,plain,mkl,onednn,tiled]
 //! (Unknown arguments such as cargo's `--bench` are ignored.)
 //!
-//! Three models are timed, alternately call by call so that the machine's drift cancels: `plain`
-//! (tch's GEMMs); `packed` (MKL-packed weights for 3–383-row batches, plain otherwise; see
-//! src/flow/packed.rs); and `served`, what the server runs: `packed`, except that the batch
-//! sizes in src/flow/coupling.rs (`feature_major_columns`) run the MLP feature-major. Without MKL,
-//! or on CPUs where packing is slower (AMD), `packed` is left out and `served` is plain plus
-//! feature-major; where the oneDNN path is on (AMD, src/flow/onednn.rs), `served` is oneDNN, or,
-//! where our tiled AVX-512 kernel is on as well (AMD, src/flow/tiled.rs), that kernel up to 384
-//! rows and oneDNN above, timed against `onednn`, oneDNN at every size.
+//! One copy of the model per `--kernels` policy (default: every policy this machine can run;
+//! src/kernels, docs/kernels.md) is timed, alternately call by call so that the machine's drift
+//! cancels. `auto` is what the server runs by default; `plain` is libtorch's own layers.
 //! Per path it prints `path=NAME` lines with the batch throughput, the single-row latency and
 //! rows/s at the `--curve` batch sizes; then two parseable summary lines, taken from the fastest
 //! path:
 //!   ceiling_rows_per_s=<batch / median batch time> path=.. rows_per_s=.. batch=.. threads=..
 //!     batch_ms_median=.. batch_ms_p90=.. mean_rows_per_s=.. iters=..
 //!   single_row_ms_median=.. single_row_ms_p99=.. single_row_ms_min=.. iters=.. path=..
+use clap::ValueEnum;
+use flowscore::kernels::{self, CpuKernels};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
@@ -33,6 +31,8 @@ struct Args {
     /// Small batch sizes to time as well (rows/s per size).
     curve: Vec<i64>,
     curve_seconds: f64,
+    /// The kernel policies to time.
+    kernels: Vec<CpuKernels>,
 }
 
 fn bad(name: &str) -> ! {
@@ -56,6 +56,7 @@ fn parse_args() -> Args {
         single_seconds: 5.0,
         curve: vec![8, 16, 32, 48, 64],
         curve_seconds: 2.0,
+        kernels: CpuKernels::ALL.into_iter().filter(|&p| kernels::check(kernels::Cpu::detect(), p).is_ok()).collect(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -74,6 +75,18 @@ fn parse_args() -> Args {
                     list.split(',').filter(|s| !s.is_empty()).map(|v| positive(name, Some(&v.to_string()))).collect();
             }
             "--curve-seconds" => a.curve_seconds = positive(name, val),
+            "--kernels" => {
+                let list = val.unwrap_or_else(|| bad(name));
+                a.kernels = list
+                    .split(',')
+                    .map(|k| {
+                        CpuKernels::from_str(k, true).unwrap_or_else(|_| {
+                            eprintln!("ceiling: unknown kernel policy `{k}` (auto, plain, mkl, onednn, tiled)");
+                            std::process::exit(2)
+                        })
+                    })
+                    .collect();
+            }
             _ => {
                 // Not ours (e.g. cargo's `--bench`): skip it alone.
                 i += 1;
@@ -134,7 +147,7 @@ fn time_alternating(
 
 /// Times every model, interleaved: batch throughput at `args.batch`, the single-row latency, and
 /// rows/s at a few smaller batch sizes (what the dynamic batcher forms from single-row clients).
-fn measure(models: &[(&'static str, &flowscore::store::Model)], args: &Args) -> Vec<Measured> {
+fn measure(models: &[(&'static str, flowscore::store::Model)], args: &Args) -> Vec<Measured> {
     let dim = models[0].1.nice.dim() as i64;
     let run = |x: &Tensor, warmup, min, max, secs: f64| {
         time_alternating(models.len(), warmup, min, max, Duration::from_secs_f64(secs), |i| {
@@ -207,29 +220,30 @@ fn main() {
     tch::manual_seed(0);
     let _guard = tch::no_grad_guard();
 
-    // The forward paths (see the top of this file). The ceiling is the fastest at `--batch`, so
-    // that the served/ceiling ratios are never flattered by a slow reference.
-    let plain = load(&args);
-    let mut packed = load(&args);
-    let packed_bytes = packed.nice.pack_for_inference();
-    packed.nice.set_feature_major(false);
-    let mut served = load(&args);
-    served.nice.pack_for_inference();
-    let results = if flowscore::flow::onednn::available() {
-        if flowscore::flow::tiled::available() {
-            println!("# onednn = oneDNN on every batch size (src/flow/onednn.rs); served = our tiled kernel up to 384 rows, oneDNN above (src/flow/tiled.rs)");
-            packed.nice.drop_tiled();
-            measure(&[("plain", &plain), ("onednn", &packed), ("served", &served)], &args)
-        } else {
-            println!("# served = oneDNN on every batch size (src/flow/onednn.rs); no separate `packed` path");
-            measure(&[("plain", &plain), ("served", &served)], &args)
-        }
-    } else if packed_bytes > 0 {
-        measure(&[("plain", &plain), ("packed", &packed), ("served", &served)], &args)
-    } else {
-        println!("# no `packed` path: packed weights are unavailable in this libtorch or slower on this CPU (src/flow/packed.rs)");
-        measure(&[("plain", &plain), ("served", &served)], &args)
-    };
+    // One copy per policy (see the top of this file). The ceiling is the fastest at `--batch`,
+    // so that the served/ceiling ratios are never flattered by a slow reference.
+    let cpu = kernels::Cpu::detect();
+    println!("# cpu: {cpu}");
+    let models: Vec<(&'static str, flowscore::store::Model)> = args
+        .kernels
+        .iter()
+        .map(|&policy| {
+            let mut model = load(&args);
+            model.vs.freeze();
+            match kernels::prepare(&mut model.nice, policy) {
+                Ok(p) => {
+                    let used: Vec<&str> = p.kernels.iter().map(|k| k.name()).collect();
+                    println!("# {policy}: {} ({:.0} MB prepared)", used.join(", "), p.bytes as f64 / 1e6);
+                }
+                Err(e) => {
+                    eprintln!("ceiling: {e}");
+                    std::process::exit(2);
+                }
+            }
+            (policy.name(), model)
+        })
+        .collect();
+    let results = measure(&models, &args);
     for r in &results {
         println!("path={} {}", r.path, r.batch_line);
         println!("path={} {}", r.path, r.single_line);

@@ -5,7 +5,7 @@ A flowscore model folder (docs/model-format.md, format_version 1) holds `card.js
 `model.safetensors`. This module needs only torch, numpy and safetensors:
 
     import flowscore_torch
-    model = flowscore_torch.load("models/fashion-mnist")   # float64 by default
+    model = flowscore_torch.load("models/fashion-mnist/1")   # float64 by default
     log_p = model(x)                # x: [n, D] tensor -> log p(x): [n]
     z, log_det = model.encode(x)    # latent z and log|det dz/dx| per row
     x_back = model.decode(z)

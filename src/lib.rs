@@ -8,6 +8,7 @@ pub mod flow;
 pub mod http;
 pub mod image;
 pub mod jobs;
+pub mod kernels;
 pub mod metrics;
 pub mod serve;
 pub mod store;

@@ -2,6 +2,7 @@
 use crate::engine::{Engine, EngineConfig};
 use crate::http::{self, AppState, Limits};
 use crate::jobs::{Jobs, JobsConfig};
+use crate::kernels::{self, Cpu, CpuKernels};
 use crate::metrics::Metrics;
 use crate::store::{ModelId, Registry};
 use anyhow::{Context, Result};
@@ -66,6 +67,11 @@ pub struct ServeArgs {
     /// Per-request time limit in the engine, milliseconds.
     #[arg(long, env = "FLOWSCORE_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
+    /// CPU kernels of the coupling MLPs: `auto` (the measured rule for this CPU), or one kernel at
+    /// every batch size: `plain` (libtorch's own layers), `mkl`, `onednn`, `tiled` (see
+    /// docs/kernels.md). A kernel this machine cannot run stops the start with an error.
+    #[arg(long, env = "FLOWSCORE_CPU_KERNELS", value_enum, default_value_t = CpuKernels::Auto)]
+    pub cpu_kernels: CpuKernels,
     /// Threads of the async HTTP runtime. Default: the cores libtorch's threads leave free, at
     /// least 1.
     #[arg(long, env = "FLOWSCORE_HTTP_THREADS")]
@@ -93,6 +99,7 @@ impl ServeArgs {
             max_wait: Duration::from_micros(self.max_wait_us),
             queue_depth: self.queue_depth.max(1),
             request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
+            cpu_kernels: self.cpu_kernels,
         }
     }
 
@@ -120,6 +127,10 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState> {
     let mut shown = args.clone();
     shown.admin_token = shown.admin_token.map(|_| "<redacted>".into());
     tracing::info!(args = ?shown, "starting");
+    let cpu = Cpu::detect();
+    kernels::check(cpu, args.cpu_kernels)?;
+    let chosen: Vec<&str> = kernels::kernels_used(cpu, args.cpu_kernels).iter().map(|k| k.name()).collect();
+    tracing::info!(policy = %args.cpu_kernels, cpu = %cpu, kernels = %chosen.join(","), "cpu kernels");
     let registry = Registry::new(&args.models_dir);
     registry.clean_temporaries();
     let dir = resolve_model(&registry, args.model.as_deref())?;

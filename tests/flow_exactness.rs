@@ -4,6 +4,8 @@ mod common;
 
 use common::*;
 use flowscore::flow::{Preprocess, Prior};
+use flowscore::kernels::CpuKernels;
+use flowscore::store::Model;
 use tch::{Kind, Tensor};
 
 /// log p(z) written out independently of the library, in f64.
@@ -31,14 +33,21 @@ fn reference_log_prob(model: &flowscore::store::Model, row: &[f64]) -> f64 {
     prior + logabsdet.double_value(&[])
 }
 
-/// Checks f32 log_prob of `rows` against the f64 autograd reference, on the plain forward path
-/// and on the path the server uses (`pack_for_inference`: packed weights or the feature-major
-/// MLP, whichever this CPU takes at this batch size).
-fn check_exact(dim: usize, prior: Prior, preprocess: Preprocess, rows: Tensor, seed: u64) {
-    let plain = random_model(dim, prior, preprocess.clone(), seed);
-    let mut served = random_model(dim, prior, preprocess.clone(), seed);
-    served.nice.pack_for_inference();
-    let paths = [("plain", plain), ("served", served)];
+/// A random model prepared for inference under `policy`, as the server prepares it.
+fn prepared(dim: usize, prior: Prior, preprocess: Preprocess, seed: u64, policy: CpuKernels) -> Model {
+    let mut model = random_model(dim, prior, preprocess, seed);
+    model.vs.freeze();
+    flowscore::kernels::prepare(&mut model.nice, policy).unwrap_or_else(|e| panic!("{e}"));
+    model
+}
+
+/// Checks f32 log_prob of `rows` against the f64 autograd reference, on libtorch's own layers
+/// and with the MLPs on the kernels of `policy`.
+fn check_exact(dim: usize, prior: Prior, preprocess: Preprocess, rows: Tensor, seed: u64, policy: CpuKernels) {
+    let paths = [
+        ("layers", random_model(dim, prior, preprocess.clone(), seed)),
+        (policy.name(), prepared(dim, prior, preprocess.clone(), seed, policy)),
+    ];
     // The same weights in f64 for the reference.
     let mut model64 = random_model(dim, prior, preprocess, seed);
     model64.vs.double();
@@ -60,50 +69,109 @@ fn check_exact(dim: usize, prior: Prior, preprocess: Preprocess, rows: Tensor, s
     }
 }
 
-#[test]
-fn log_prob_matches_autograd_jacobian() {
+/// The density under `policy` against the autograd Jacobian, for every prior and preprocessing.
+fn matches_autograd_jacobian(policy: CpuKernels) {
     for dim in [2, 5, 8] {
         for prior in [Prior::Logistic, Prior::Gaussian] {
             let seed = dim as u64 * 10 + prior as u64;
-            check_exact(dim, prior, Preprocess::Identity, random_rows(6, dim, -2.0, 2.0, seed), seed);
+            check_exact(dim, prior, Preprocess::Identity, random_rows(6, dim, -2.0, 2.0, seed), seed, policy);
             let std = standardize(dim, seed);
-            check_exact(dim, prior, std, random_rows(6, dim, -5.0, 5.0, seed + 1), seed);
+            check_exact(dim, prior, std, random_rows(6, dim, -5.0, 5.0, seed + 1), seed, policy);
             let logit = Preprocess::Logit { alpha: 0.05 };
-            check_exact(dim, prior, logit, random_rows(6, dim, 0.0, 1.0, seed + 2), seed);
+            check_exact(dim, prior, logit, random_rows(6, dim, 0.0, 1.0, seed + 2), seed, policy);
         }
     }
 }
 
-#[test]
-fn batch_equals_rows() {
+/// Under `policy`, every batch size the server may form gives each row the value it has in one
+/// full batch on libtorch's own layers (to float rounding: f32 products block differently by
+/// batch size). On Intel under `auto` this covers the feature-major sizes (16, 30, 32, 48), the
+/// MKL-packed ones and the plain ones (1, 2, 384, 400); on AMD the tiled kernel up to 384 rows
+/// and oneDNN above.
+fn batch_equals_rows(policy: CpuKernels) {
     let plain = random_model(5, Prior::Logistic, standardize(5, 3), 3);
-    let mut packed = random_model(5, Prior::Logistic, standardize(5, 3), 3);
-    let packed_bytes = packed.nice.pack_for_inference();
-    assert_eq!(packed_bytes > 0, flowscore::flow::packed::available() || flowscore::flow::onednn::available());
+    let served = prepared(5, Prior::Logistic, standardize(5, 3), 3, policy);
     let _g = tch::no_grad_guard();
     let total = 400;
     let x = random_rows(total, 5, -4.0, 4.0, 9);
     let reference = to_vec(&plain.nice.log_prob(&x).unwrap());
-    // Batch sizes from every regime the server may form, on both paths, against the plain full
-    // batch. Served on Intel AVX-512: 1-2 rows and 384 or more plain, 16, 30, 32 and 48
-    // feature-major, the rest packed; on AMD AVX-512: up to 384 rows our tiled kernel, padded to
-    // whole blocks of 16 rows, and 400 rows oneDNN (or, with neither available, 1 and 400 rows
-    // and the 17-row remainder of 383 plain, the rest feature-major padded likewise).
-    for model in [&plain, &packed] {
-        for size in [1, 2, 3, 7, 16, 30, 32, 33, 48, 383, 384, 400] {
-            for start in (0..total).step_by(size) {
-                let n = size.min(total - start);
-                let part = to_vec(&model.nice.log_prob(&x.narrow(0, start as i64, n as i64)).unwrap());
-                for (j, lp) in part.iter().enumerate() {
-                    let want = reference[start + j];
-                    // f32 matrix products block differently by batch size: equal to float rounding.
-                    assert!(
-                        (lp - want).abs() <= 1e-5 * want.abs().max(1.0),
-                        "row {}: {lp} in a batch of {n} vs {want}",
-                        start + j
-                    );
-                }
+    for size in [1, 2, 3, 7, 13, 16, 30, 32, 33, 48, 383, 384, 400] {
+        for start in (0..total).step_by(size) {
+            let n = size.min(total - start);
+            let part = to_vec(&served.nice.log_prob(&x.narrow(0, start as i64, n as i64)).unwrap());
+            for (j, lp) in part.iter().enumerate() {
+                let want = reference[start + j];
+                assert!(
+                    (lp - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{policy}: row {}: {lp} in a batch of {n} vs {want}",
+                    start + j
+                );
             }
+        }
+    }
+}
+
+/// Decoding through the prepared MLPs inverts encoding through them.
+fn round_trips(policy: CpuKernels) {
+    let model = prepared(8, Prior::Logistic, standardize(8, 4), 5, policy);
+    let _g = tch::no_grad_guard();
+    for rows in [1, 16, 64, 500] {
+        let x = random_rows(rows, 8, -6.0, 6.0, 6);
+        let (z, _) = model.nice.encode(&x).unwrap();
+        let back = model.nice.decode(&z).unwrap();
+        assert!(max_abs_diff(&x, &back) < 1e-4, "{policy}, {rows} rows: drifted by {}", max_abs_diff(&x, &back));
+    }
+}
+
+fn exact_under(policy: CpuKernels) {
+    matches_autograd_jacobian(policy);
+    batch_equals_rows(policy);
+    round_trips(policy);
+}
+
+#[test]
+fn layers_and_auto_kernels_match_autograd_and_batches_equal_rows() {
+    exact_under(CpuKernels::Auto);
+}
+
+#[test]
+fn plain_kernels_match_autograd_and_batches_equal_rows() {
+    exact_under(CpuKernels::Plain);
+}
+
+#[test]
+#[cfg_attr(not(libtorch_mkl), ignore = "the loaded libtorch has no MKL: --cpu-kernels mkl cannot run here")]
+fn mkl_kernels_match_autograd_and_batches_equal_rows() {
+    exact_under(CpuKernels::Mkl);
+}
+
+#[test]
+#[cfg_attr(not(libtorch_onednn), ignore = "the loaded libtorch has no oneDNN linear: --cpu-kernels onednn cannot run here")]
+fn onednn_kernels_match_autograd_and_batches_equal_rows() {
+    exact_under(CpuKernels::Onednn);
+}
+
+#[test]
+#[cfg_attr(not(cpu_avx512), ignore = "this CPU has no AVX-512F: --cpu-kernels tiled cannot run here")]
+fn tiled_kernels_match_autograd_and_batches_equal_rows() {
+    exact_under(CpuKernels::Tiled);
+}
+
+/// A kernel this machine cannot run is refused by name, not run.
+#[test]
+fn kernels_this_machine_lacks_are_refused() {
+    let cpu = flowscore::kernels::Cpu::detect();
+    for (policy, runs) in [
+        (CpuKernels::Mkl, cfg!(libtorch_mkl)),
+        (CpuKernels::Onednn, cfg!(libtorch_onednn)),
+        (CpuKernels::Tiled, cfg!(cpu_avx512)),
+    ] {
+        let checked = flowscore::kernels::check(cpu, policy);
+        assert_eq!(checked.is_ok(), runs, "{policy}: {checked:?}");
+        if !runs {
+            let mut model = random_model(4, Prior::Logistic, Preprocess::Identity, 1);
+            let err = flowscore::kernels::prepare(&mut model.nice, policy).expect_err("refused");
+            assert!(err.to_string().contains(&format!("--cpu-kernels {policy}")), "{err}");
         }
     }
 }

@@ -106,12 +106,11 @@ async fn get_json(app: &Router, uri: &str) -> Value {
 }
 
 impl Fixture {
-    /// The model as the server's inference threads hold it: loaded, with its weights packed
-    /// for inference where this libtorch allows (the same arithmetic, so results agree to the
-    /// last bit).
+    /// The model as the server's inference threads hold it: loaded, with its MLPs on the kernels
+    /// the server's default policy picks (the same arithmetic, so results agree to the last bit).
     fn model(&self) -> Model {
         let mut model = flowscore::store::load(&self.dir, Device::Cpu).unwrap();
-        model.nice.pack_for_inference();
+        flowscore::kernels::prepare(&mut model.nice, flowscore::kernels::CpuKernels::Auto).unwrap();
         model
     }
 

@@ -105,7 +105,7 @@ async fn train_promote_and_serve_the_new_version() {
     assert_eq!(after["model"], json!({"name": "tab", "version": "2"}));
     // Prepared as the server prepares it, so that the same forward path gives the same bits.
     let mut v2 = flowscore::store::load(&models.join("tab/2"), tch::Device::Cpu).unwrap();
-    v2.nice.pack_for_inference();
+    flowscore::kernels::prepare(&mut v2.nice, flowscore::kernels::CpuKernels::Auto).unwrap();
     let x = tch::Tensor::from_slice(&[3.0f32, -1.0, 0.0]).view([1, 3]);
     let expected = tch::no_grad(|| v2.nice.log_prob(&x).unwrap().double_value(&[0]));
     assert!((after["log_prob"][0].as_f64().unwrap() - expected).abs() < 1e-9);

@@ -4,6 +4,7 @@
 mod worker;
 
 use crate::flow::InpaintOptions;
+use crate::kernels::{CpuKernels, KernelError};
 use crate::metrics::Metrics;
 use crate::store::{self, ModelCard};
 use arc_swap::ArcSwap;
@@ -28,6 +29,8 @@ pub struct EngineConfig {
     pub queue_depth: usize,
     /// A request not answered within this time fails with 503.
     pub request_timeout: Duration,
+    /// Which CPU kernels the coupling MLPs run on (`crate::kernels::plan`).
+    pub cpu_kernels: CpuKernels,
 }
 
 impl Default for EngineConfig {
@@ -39,6 +42,7 @@ impl Default for EngineConfig {
             max_wait: Duration::from_micros(2000),
             queue_depth: 1024,
             request_timeout: Duration::from_secs(30),
+            cpu_kernels: CpuKernels::Auto,
         }
     }
 }
@@ -114,6 +118,8 @@ pub enum EngineError {
     Stopped,
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Kernels(#[from] KernelError),
     #[error("inference failed: {0}")]
     Inference(String),
 }
@@ -223,8 +229,9 @@ impl Engine {
     }
 
     /// Swaps in the model folder `dir`: validated here first, then loaded by every inference
-    /// thread itself. Requests queued before the swap run on the old model, later ones on the
-    /// new; none fails.
+    /// thread itself between two batches. A batch runs wholly on one model, and each response
+    /// names the model that produced it; a queued request whose rows no longer fit the new model
+    /// gets `ModelChanged`.
     pub async fn swap(&self, dir: &Path) -> Result<Arc<ModelInfo>, EngineError> {
         let dir = dir.to_path_buf();
         let card = tokio::task::spawn_blocking({

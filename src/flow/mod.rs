@@ -1,13 +1,9 @@
 //! NICE (Dinh, Krueger, Bengio 2014) in tch: additive couplings, a diagonal scaling, a factorised
 //! prior and the model's own fixed preprocessing. Pure tensor code: no HTTP, no async.
 mod coupling;
-mod cpu;
 mod nice;
-pub mod onednn;
-pub mod packed;
 mod preprocess;
 mod prior;
-pub mod tiled;
 
 pub use nice::{InpaintOptions, Nice};
 pub use preprocess::Preprocess;
@@ -71,33 +67,11 @@ impl FlowSpec {
     }
 }
 
-/// A linear layer's weight [out, in] and bias [out] as detached, contiguous CPU f32 tensors (a
-/// zero bias where the layer has none): what the inference paths prepare their copies from
-/// (`packed`, `onednn`). None for layers on another device or of another kind.
-fn frozen_weights(layer: &tch::nn::Linear) -> Option<(tch::Tensor, tch::Tensor)> {
-    let w = layer.ws.detach().contiguous();
-    if w.device() != tch::Device::Cpu || w.kind() != tch::Kind::Float {
-        return None;
-    }
-    let (n, _) = w.size2().ok()?;
-    let bias = match &layer.bs {
-        Some(b) => b.detach().contiguous(),
-        None => tch::Tensor::zeros([n], (tch::Kind::Float, tch::Device::Cpu)),
-    };
-    Some((w, bias))
-}
-
-/// A batch x as the prepared layers take it: a contiguous CPU f32 [m, k] matrix with m > 0 and
-/// the layer's k, outside autograd. None otherwise (the caller then takes the plain path).
-fn frozen_input(x: &tch::Tensor, k: i64) -> Option<(tch::Tensor, i64)> {
-    if x.device() != tch::Device::Cpu || x.kind() != tch::Kind::Float || x.requires_grad() {
-        return None;
-    }
-    let (m, cols) = x.size2().ok()?;
-    if cols != k || m == 0 {
-        return None;
-    }
-    Some((x.contiguous(), m))
+/// A faster stand-in for a coupling MLP at inference (ReLU between its layers, none after the
+/// last), prepared from its frozen layers (`Nice::prepare_mlps`; see `crate::kernels`). None: this
+/// batch takes the layers themselves (for example an input that needs autograd).
+pub trait FastMlp: Send + std::fmt::Debug {
+    fn forward(&self, x: &tch::Tensor) -> Option<tch::Tensor>;
 }
 
 /// bits/dim of 8-bit data scaled to [0,1]: (−log p + D ln 256) / (D ln 2).

@@ -1,7 +1,7 @@
 //! The NICE model: z = exp(s) ⊙ c_K(…c_1(pre(x))).
 use super::coupling::Coupling;
 use super::preprocess::PreprocessTensors;
-use super::{FlowError, FlowSpec};
+use super::{FastMlp, FlowError, FlowSpec};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{nn, Kind, Tensor};
@@ -164,26 +164,23 @@ impl Nice {
         Ok(cur)
     }
 
-    /// Prepares the coupling weights for fast inference where this CPU and the loaded libtorch
-    /// allow it: on AMD our kernel's tiles (`flow::tiled`) and oneDNN's layout (`flow::onednn`),
-    /// elsewhere MKL's packed layout (`flow::packed`) with the feature-major path on for the batch
-    /// sizes where it is faster (`flow::coupling`). Returns the bytes the prepared copies hold, 0
-    /// where none applies. Only for frozen weights: later changes to the variables are not seen by the
-    /// packed copies.
-    pub fn pack_for_inference(&mut self) -> usize {
-        self.couplings.iter_mut().map(Coupling::pack).sum()
+    /// Hands each coupling's MLP layers (ReLU between them, none after the last) to `make`, and
+    /// runs inference through what it returns from then on (`crate::kernels::prepare` does this
+    /// for the server). Only for frozen weights: later changes to the variables are not seen.
+    pub fn prepare_mlps<E>(
+        &mut self,
+        mut make: impl FnMut(&[nn::Linear]) -> Result<Box<dyn FastMlp>, E>,
+    ) -> Result<(), E> {
+        let result = self.couplings.iter_mut().try_for_each(|c| c.prepare(&mut make));
+        if result.is_err() {
+            self.clear_prepared_mlps();
+        }
+        result
     }
 
-    /// Drops the copies packed for our AVX-512 kernel (see `flow::tiled`), so that benchmarks can
-    /// time the oneDNN path alone at every batch size.
-    pub fn drop_tiled(&mut self) {
-        self.couplings.iter_mut().for_each(Coupling::drop_tiled);
-    }
-
-    /// Turns the feature-major MLP path (on after `pack_for_inference`; see `flow::coupling`)
-    /// off or on, so that benchmarks can time the paths against each other.
-    pub fn set_feature_major(&mut self, on: bool) {
-        self.couplings.iter_mut().for_each(|c| c.set_feature_major(on));
+    /// Back to the layers themselves.
+    pub fn clear_prepared_mlps(&mut self) {
+        self.couplings.iter_mut().for_each(Coupling::clear_prepared);
     }
 
     /// Sets the log-scales so that z has the prior's spread on `x` (data-dependent

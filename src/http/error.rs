@@ -45,7 +45,9 @@ impl ApiError {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
                 EngineError::ModelChanged { .. } => StatusCode::CONFLICT,
-                EngineError::Store(_) | EngineError::Inference(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                EngineError::Store(_) | EngineError::Kernels(_) | EngineError::Inference(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
             },
         }
     }

@@ -1,18 +1,9 @@
-//! Inference-only fast path for the coupling MLPs on AMD CPUs: our own AVX-512 kernel
-//! (src/flow/cpp/tiled_linear.cpp), which runs the MLP feature-major (hᵀ ← W·hᵀ + b) with each
-//! layer's weights packed once in tiles of 14 output features, read front to back and prefetched
-//! a few KB ahead of the FMAs.
-//!
-//! Why: the dynamic batcher's batches of 16–64 rows stream all 76 MB of the paper's weights per
-//! forward pass, and oneDNN's kernels stall on that stream (a chain of 24 distinct 1000×1000
-//! layers at 32 rows took 366–386 µs a layer against 312 µs for one layer that stays in cache).
-//! This kernel hides it: 291 µs a layer at 32 rows, 160 against 230 µs at 16, 573 against 679 µs at
-//! 64 and 4.84 against 4.94 ms at 512 (AMD EPYC Zen 4 VM, 2 threads, medians).
-//!
-//! The tiles do not follow later changes to the variables, so training never uses them; inputs
-//! that need autograd (inpainting's) take the other paths.
-use super::cpu::{cpu, Cpu};
-use std::sync::OnceLock;
+//! Our own AVX-512 kernel (src/kernels/cpp/tiled_linear.cpp): the MLP runs feature-major
+//! (hᵀ ← W·hᵀ + b) with each layer's weights packed once in tiles of 14 output features, read
+//! front to back and prefetched a few KB ahead of the FMAs. Why: on batches of a few dozen rows
+//! the library GEMMs stall on the weights streaming in from memory, and this kernel hides that
+//! stream behind its FMAs (docs/kernels.md has the measurements).
+use super::{frozen_input, frozen_weights, relu_between};
 use tch::{nn, Device, Kind, Tensor};
 
 extern "C" {
@@ -34,30 +25,10 @@ extern "C" {
 /// The batch is padded with zero rows to a multiple of this (one AVX-512 register of f32).
 const COLUMN_BLOCK: i64 = 16;
 
-/// Batches of up to this many rows take the kernel; larger ones oneDNN's (`flow::onednn`), which
-/// was as fast at 384 rows and faster above: paper architecture, 2 threads, the two timed
-/// alternately (bench/ceiling.rs), kernel ÷ oneDNN rows/s 1.11 at 1 row, 1.20 at 2, 0.95 and 1.04 at 4 (two
-/// runs), 1.15 at 8, 1.42 at 16, 1.30 at 32, 1.14 at 64, 1.05 at 128, 1.02 at 256, 1.00 at 384, 0.96 at 512 and 0.94 at
-/// 1024.
-pub(super) const MAX_ROWS: i64 = 384;
-
-/// Whether this process can run the kernel: an AVX-512 CPU, with neither
-/// `FLOWSCORE_NO_PACKED_GEMM` (no prepared weights at all) nor `FLOWSCORE_NO_TILED_KERNEL` (oneDNN
-/// at every batch size) set. Only AMD was measured, so only AMD takes it when serving
-/// (`available`); the tests run the kernel on any AVX-512 CPU.
-pub fn supported() -> bool {
-    static SUPPORTED: OnceLock<bool> = OnceLock::new();
-    *SUPPORTED.get_or_init(|| {
-        let off =
-            ["FLOWSCORE_NO_PACKED_GEMM", "FLOWSCORE_NO_TILED_KERNEL"].iter().any(|v| std::env::var_os(v).is_some());
-        // SAFETY: a CPUID query.
-        !off && unsafe { flowscore_tiled_available() }
-    })
-}
-
-/// Whether the server's MLPs take this path on this CPU.
-pub fn available() -> bool {
-    supported() && cpu() == Cpu::AmdAvx512
+/// Whether this CPU can run the kernel (it needs AVX-512F; the C side checks CPUID once).
+pub(super) fn supported() -> bool {
+    // SAFETY: a CPUID query.
+    unsafe { flowscore_tiled_available() }
 }
 
 /// One `nn::Linear` (y = x Wᵀ + b, optionally ReLU'd) with W packed in the kernel's tiles.
@@ -74,13 +45,13 @@ pub(super) struct TiledLinear {
 }
 
 impl TiledLinear {
-    /// Packs a CPU f32 layer; None when the kernel is unsupported here or the layer does not
+    /// Packs a CPU f32 layer; None when this CPU cannot run the kernel or the layer does not
     /// qualify.
     pub(super) fn new(layer: &nn::Linear, relu: bool) -> Option<TiledLinear> {
         if !supported() {
             return None;
         }
-        let (w, bias) = super::frozen_weights(layer)?;
+        let (w, bias) = frozen_weights(layer)?;
         let (n, k) = w.size2().ok()?;
         // SAFETY: returns a constant.
         let tile = unsafe { flowscore_tiled_features_per_tile() };
@@ -133,12 +104,18 @@ impl TiledLinear {
     }
 }
 
+/// The layers of an MLP in the kernel's tiles, ReLU between them; None if one does not qualify.
+pub(super) fn prepare(layers: &[nn::Linear]) -> Option<Vec<TiledLinear>> {
+    let last = layers.len().checked_sub(1)?;
+    layers.iter().enumerate().map(|(j, layer)| TiledLinear::new(layer, relu_between(j, last))).collect()
+}
+
 /// The MLP `layers` on a CPU f32 batch x of shape [m, k]: x is transposed once (padded with zero
 /// rows to whole blocks of 16), every layer runs feature-major, and the result is transposed back
 /// to [m, n]. None if x does not qualify (the caller then takes another path).
 pub(super) fn mlp(layers: &[TiledLinear], x: &Tensor) -> Option<Tensor> {
     let first = layers.first()?;
-    let (x, m) = super::frozen_input(x, first.k)?;
+    let (x, m) = frozen_input(x, first.k)?;
     let columns = (m + COLUMN_BLOCK - 1) / COLUMN_BLOCK * COLUMN_BLOCK;
     let mut ht = x.constant_pad_nd([0, 0, 0, columns - m]).tr().contiguous();
     let mut n = first.k;
@@ -155,56 +132,12 @@ pub(super) fn mlp(layers: &[TiledLinear], x: &Tensor) -> Option<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::nn::Module;
-
-    /// The kernel gives the plain layers' values for widths that are not multiples of a tile and
-    /// batches that are not multiples of a column block, with ReLU between layers and none after
-    /// the last.
-    #[test]
-    fn tiled_mlp_equals_plain_layers() {
-        if !supported() {
-            eprintln!("skipped: this CPU has no AVX-512 (or FLOWSCORE_NO_PACKED_GEMM is set)");
-            return;
-        }
-        tch::manual_seed(7);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let widths = [37, 100, 29, 45];
-        let layers: Vec<nn::Linear> = widths
-            .windows(2)
-            .enumerate()
-            .map(|(j, w)| nn::linear(vs.root() / j, w[0], w[1], Default::default()))
-            .collect();
-        let last = layers.len() - 1;
-        let tiled: Vec<TiledLinear> =
-            layers.iter().enumerate().filter_map(|(j, l)| TiledLinear::new(l, j < last)).collect();
-        assert_eq!(tiled.len(), layers.len());
-        let _g = tch::no_grad_guard();
-        for rows in [1, 5, 16, 17, 31, 32, 33, 48, 64, 100] {
-            let x = Tensor::randn([rows, 37], (Kind::Float, Device::Cpu));
-            let plain = layers.iter().enumerate().fold(x.shallow_clone(), |h, (j, l)| {
-                let h = l.forward(&h);
-                if j < last {
-                    h.relu()
-                } else {
-                    h
-                }
-            });
-            let got = mlp(&tiled, &x).expect("the kernel takes a contiguous f32 batch");
-            assert_eq!(got.size(), [rows, 45]);
-            let diff = (&got - &plain).abs().max().double_value(&[]);
-            let scale = plain.abs().max().double_value(&[]);
-            assert!(scale > 0.1 && diff <= 1e-5 * scale, "{rows} rows: diff {diff} at scale {scale}");
-        }
-    }
 
     /// Inputs the kernel cannot take are refused, not miscomputed: the wrong width and inputs that
     /// need autograd.
     #[test]
+    #[cfg_attr(not(cpu_avx512), ignore = "this CPU has no AVX-512F: the tiled kernel cannot run here")]
     fn tiled_mlp_refuses_inputs_it_cannot_take() {
-        if !supported() {
-            eprintln!("skipped: this CPU has no AVX-512 (or FLOWSCORE_NO_PACKED_GEMM is set)");
-            return;
-        }
         let vs = nn::VarStore::new(Device::Cpu);
         let layer = nn::linear(vs.root(), 8, 20, Default::default());
         let tiled = [TiledLinear::new(&layer, false).expect("packs")];

@@ -1,16 +1,10 @@
-//! Inference-only fast path for the coupling MLPs on AMD CPUs: each layer's weights reordered
-//! once into oneDNN's blocked layout, and every layer run as one oneDNN inner product with its
-//! bias and ReLU fused. These are libtorch's own operators (`mkldnn::_reorder_linear_weight`,
-//! `mkldnn::_linear_pointwise`, what torch.compile's CPU freezing emits); tch does not bind them,
-//! so a small C++ shim (src/flow/cpp/onednn_linear.cpp, built by build.rs) calls them through
-//! libtorch's dispatcher. On the AMD machines MKL takes slower kernels than oneDNN's: on the
-//! paper's architecture, 2 threads, this path scored 1.26–1.34× the rows/s of the best MKL path
-//! at 32 rows, 1.15–1.30× at 64, 1.09–1.25× at 512 and 1.7× at 1 row. On Intel nothing was
-//! measured, and the MKL paths stay (see `flow::packed`, `flow::coupling`).
-//!
-//! The reordered copy does not follow later changes to the variables, so training never uses it;
-//! inputs that need autograd (inpainting's) take the other paths.
-use super::cpu::{cpu, Cpu};
+//! oneDNN-reordered weights: each layer's weights reordered once into oneDNN's blocked layout,
+//! and every layer run as one oneDNN inner product with its bias and ReLU fused. These are
+//! libtorch's own operators (`mkldnn::_reorder_linear_weight`, `mkldnn::_linear_pointwise`, what
+//! torch.compile's CPU freezing emits); tch does not bind them, so a small C++ shim
+//! (src/kernels/cpp/onednn_linear.cpp, built by build.rs) calls them through libtorch's
+//! dispatcher. Where this kernel wins is in docs/kernels.md.
+use super::{frozen_input, frozen_weights, relu_between};
 use std::ffi::{c_char, CStr};
 use std::sync::OnceLock;
 use tch::{nn, Tensor};
@@ -29,18 +23,12 @@ extern "C" {
     fn flowscore_onednn_free_error(error: *mut c_char);
 }
 
-/// Whether this process runs the coupling MLPs through oneDNN: an AMD AVX-512 CPU (the only kind
-/// it was measured on), a libtorch that registers the operators, and `FLOWSCORE_NO_PACKED_GEMM`
-/// unset.
-pub fn available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        // SAFETY: a query of libtorch's operator registry, which static initialisers filled when
-        // libtorch was loaded.
-        cpu() == Cpu::AmdAvx512
-            && std::env::var_os("FLOWSCORE_NO_PACKED_GEMM").is_none()
-            && unsafe { flowscore_onednn_available() }
-    })
+/// Whether the loaded libtorch registers both operators.
+pub(super) fn loaded() -> bool {
+    static LOADED: OnceLock<bool> = OnceLock::new();
+    // SAFETY: a query of libtorch's operator registry, which static initialisers filled when
+    // libtorch was loaded.
+    *LOADED.get_or_init(|| unsafe { flowscore_onednn_available() })
 }
 
 /// Turns the shim's (tensor, error) pair into a tensor, logging the error it reports.
@@ -50,7 +38,7 @@ fn take(result: *mut C_tensor, error: *mut c_char, what: &str) -> Option<Tensor>
             // SAFETY: the shim hands over a NUL-terminated malloc'd message and never reuses it.
             let msg = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
             unsafe { flowscore_onednn_free_error(error) };
-            tracing::warn!(error = %msg, "oneDNN {what} failed; the MKL paths run instead");
+            tracing::warn!(error = %msg, "oneDNN {what} failed; libtorch's own layers run instead");
         }
         return None;
     }
@@ -69,12 +57,12 @@ pub(super) struct OneDnnLinear {
 }
 
 impl OneDnnLinear {
-    /// Reorders a CPU f32 layer; None when oneDNN is unavailable or the layer does not qualify.
+    /// Reorders a CPU f32 layer; None when oneDNN is not loaded or the layer does not qualify.
     pub(super) fn new(layer: &nn::Linear, relu: bool) -> Option<OneDnnLinear> {
-        if !available() {
+        if !loaded() {
             return None;
         }
-        let (w, bias) = super::frozen_weights(layer)?;
+        let (w, bias) = frozen_weights(layer)?;
         let (_, k) = w.size2().ok()?;
         let mut error = std::ptr::null_mut();
         // SAFETY: `w` is a live contiguous f32 tensor; the shim only reads it.
@@ -82,10 +70,9 @@ impl OneDnnLinear {
         Some(OneDnnLinear { packed, bias, relu, k })
     }
 
-    /// The layer on a CPU f32 batch x of shape [m, k]; None if x does not qualify (the caller then
-    /// takes another path).
-    pub(super) fn forward(&self, x: &Tensor) -> Option<Tensor> {
-        let (x, _) = super::frozen_input(x, self.k)?;
+    /// The layer on a CPU f32 batch x of shape [m, k]; None if x does not qualify.
+    fn forward(&self, x: &Tensor) -> Option<Tensor> {
+        let (x, _) = frozen_input(x, self.k)?;
         let mut error = std::ptr::null_mut();
         // SAFETY: all three tensors are live for the call; the shim only reads them and returns a
         // new tensor.
@@ -99,4 +86,21 @@ impl OneDnnLinear {
     pub(super) fn bytes(&self) -> usize {
         self.bias.numel() * 4 + self.packed.numel() * 4
     }
+}
+
+/// The MLP on a batch (each layer fuses its own ReLU); None if x does not qualify (it needs
+/// autograd) or oneDNN reports an error.
+pub(super) fn mlp(layers: &[OneDnnLinear], x: &Tensor) -> Option<Tensor> {
+    layers.first()?;
+    let mut h = x.shallow_clone();
+    for layer in layers {
+        h = layer.forward(&h)?;
+    }
+    Some(h)
+}
+
+/// The layers of an MLP in oneDNN's layout, ReLU fused between them; None if one does not qualify.
+pub(super) fn prepare(layers: &[nn::Linear]) -> Option<Vec<OneDnnLinear>> {
+    let last = layers.len().checked_sub(1)?;
+    layers.iter().enumerate().map(|(j, layer)| OneDnnLinear::new(layer, relu_between(j, last))).collect()
 }
