@@ -85,9 +85,8 @@ fn matches_autograd_jacobian(policy: CpuKernels) {
 
 /// Under `policy`, every batch size the server may form gives each row the value it has in one
 /// full batch on libtorch's own layers (to float rounding: f32 products block differently by
-/// batch size). On Intel under `auto` this covers the feature-major sizes (16, 30, 32, 48), the
-/// MKL-packed ones and the plain ones (1, 2, 384, 400); on AMD the tiled kernel up to 384 rows
-/// and oneDNN above.
+/// batch size). Under `auto` this covers every kernel the rule picks: on Intel plain up to 3 rows,
+/// tiled up to 224 and oneDNN above; on AMD tiled up to 384 rows and oneDNN above.
 fn batch_equals_rows(policy: CpuKernels) {
     let plain = random_model(5, Prior::Logistic, standardize(5, 3), 3);
     let served = prepared(5, Prior::Logistic, standardize(5, 3), 3, policy);
@@ -146,7 +145,10 @@ fn mkl_kernels_match_autograd_and_batches_equal_rows() {
 }
 
 #[test]
-#[cfg_attr(not(libtorch_onednn), ignore = "the loaded libtorch has no oneDNN linear: --cpu-kernels onednn cannot run here")]
+#[cfg_attr(
+    not(libtorch_onednn),
+    ignore = "the loaded libtorch has no oneDNN linear: --cpu-kernels onednn cannot run here"
+)]
 fn onednn_kernels_match_autograd_and_batches_equal_rows() {
     exact_under(CpuKernels::Onednn);
 }

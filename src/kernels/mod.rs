@@ -1,13 +1,11 @@
-//! CPU kernels for the coupling MLPs at inference: libtorch's own layers (`plain`), the same
-//! products feature-major, MKL-packed weights, oneDNN-reordered weights, and our own tiled AVX-512
-//! kernel. Which one a batch takes is one pure function, `plan`, of the CPU, the policy
+//! CPU kernels for the coupling MLPs at inference: libtorch's own layers (`plain`), MKL-packed
+//! weights, oneDNN-reordered weights, and our own tiled AVX-512 kernel. Which one a batch takes is one pure function, `plan`, of the CPU, the policy
 //! (`--cpu-kernels`) and the batch's rows; `PreparedMlp` holds the copies that plan needs, built
 //! once per loaded model. The NICE model (`crate::flow`) sees only its `FastMlp` trait.
 //!
 //! Every prepared copy is of frozen weights: later changes to the variables are not seen, so
 //! training never prepares. Inputs that need autograd (inpainting's) take libtorch's own layers.
 mod cpu;
-mod feature_major;
 mod mkl;
 mod onednn;
 mod tiled;
@@ -15,7 +13,6 @@ mod tiled;
 pub use cpu::{Cpu, Vendor};
 
 use crate::flow::{FastMlp, Nice};
-use feature_major::FeatureMajorMlp;
 use tch::{nn, Device, Kind, Tensor};
 
 /// The `--cpu-kernels` policy.
@@ -70,7 +67,6 @@ impl std::fmt::Display for CpuKernels {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kernel {
     Plain,
-    FeatureMajor,
     Mkl,
     Onednn,
     Tiled,
@@ -80,7 +76,6 @@ impl Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Plain => "plain",
-            Kernel::FeatureMajor => "feature-major",
             Kernel::Mkl => "mkl",
             Kernel::Onednn => "onednn",
             Kernel::Tiled => "tiled",
@@ -94,13 +89,19 @@ impl std::fmt::Display for Kernel {
     }
 }
 
-/// Batches of up to this many rows take the tiled kernel under `auto` on AMD; larger ones take
-/// oneDNN, which was as fast at 384 rows and faster above (docs/kernels.md).
-const AMD_TILED_MAX_ROWS: i64 = 384;
+/// Under `auto` on an AVX-512 CPU: batches of up to `plain_max` rows take libtorch's own layers,
+/// those of up to `tiled_max` our tiled kernel, and larger ones oneDNN (docs/kernels.md has the
+/// measurements these come from).
+struct AutoRule {
+    plain_max: i64,
+    tiled_max: i64,
+}
 
-/// Under `auto` on Intel, MKL-packed weights take batches in this range: below it the unpacked
-/// GEMV is as fast, from its end libtorch's own GEMM amortises its packing (docs/kernels.md).
-const INTEL_MKL_ROWS: std::ops::RangeInclusive<i64> = 3..=383;
+/// Intel Xeon: plain was fastest at 1–3 rows, tiled from 4 rows to about 224, oneDNN above.
+const INTEL: AutoRule = AutoRule { plain_max: 3, tiled_max: 224 };
+
+/// AMD EPYC (Zen 4): tiled was fastest up to 384 rows, oneDNN above.
+const AMD: AutoRule = AutoRule { plain_max: 0, tiled_max: 384 };
 
 /// The kernel a batch of `rows` rows takes on `cpu` under `policy`. A named policy takes its
 /// kernel at every size (`check` tells whether this CPU can run it); `auto` follows what was
@@ -109,27 +110,19 @@ pub fn plan(cpu: Cpu, policy: CpuKernels, rows: i64) -> Kernel {
     if let Some(kernel) = policy.forced() {
         return kernel;
     }
-    match cpu.vendor {
-        Vendor::Intel if cpu.avx512 && cpu.mkl => {
-            // A part-filled last block of 16 columns costs about a full one feature-major.
-            if rows <= 48 && (rows % 16 == 0 || rows % 16 >= 12) {
-                Kernel::FeatureMajor
-            } else if INTEL_MKL_ROWS.contains(&rows) {
-                Kernel::Mkl
-            } else {
-                Kernel::Plain
-            }
-        }
-        Vendor::Amd if cpu.avx512 => {
-            if rows <= AMD_TILED_MAX_ROWS {
-                Kernel::Tiled
-            } else if cpu.onednn {
-                Kernel::Onednn
-            } else {
-                Kernel::Plain
-            }
-        }
-        _ => Kernel::Plain,
+    let rule = match cpu.vendor {
+        Vendor::Intel if cpu.avx512 => INTEL,
+        Vendor::Amd if cpu.avx512 => AMD,
+        _ => return Kernel::Plain,
+    };
+    if rows <= rule.plain_max {
+        Kernel::Plain
+    } else if rows <= rule.tiled_max {
+        Kernel::Tiled
+    } else if cpu.onednn {
+        Kernel::Onednn
+    } else {
+        Kernel::Plain
     }
 }
 
@@ -168,7 +161,6 @@ pub fn check(cpu: Cpu, policy: CpuKernels) -> Result<(), KernelError> {
 pub struct PreparedMlp {
     cpu: Cpu,
     policy: CpuKernels,
-    feature_major: Option<FeatureMajorMlp>,
     mkl: Option<Vec<mkl::MklLinear>>,
     onednn: Option<Vec<onednn::OneDnnLinear>>,
     tiled: Option<Vec<tiled::TiledLinear>>,
@@ -179,14 +171,10 @@ impl PreparedMlp {
     /// needs on `cpu`.
     pub fn new(layers: &[nn::Linear], cpu: Cpu, policy: CpuKernels) -> Result<PreparedMlp, KernelError> {
         check(cpu, policy)?;
-        let mut mlp = PreparedMlp { cpu, policy, feature_major: None, mkl: None, onednn: None, tiled: None };
+        let mut mlp = PreparedMlp { cpu, policy, mkl: None, onednn: None, tiled: None };
         for kernel in kernels_used(cpu, policy) {
             let prepared = match kernel {
                 Kernel::Plain => true,
-                Kernel::FeatureMajor => {
-                    mlp.feature_major = FeatureMajorMlp::new(layers);
-                    mlp.feature_major.is_some()
-                }
                 Kernel::Mkl => {
                     mlp.mkl = mkl::prepare(layers);
                     mlp.mkl.is_some()
@@ -207,7 +195,7 @@ impl PreparedMlp {
         Ok(mlp)
     }
 
-    /// Bytes the prepared copies hold (views of the layers' own weights count nothing).
+    /// Bytes the prepared copies hold.
     pub fn bytes(&self) -> usize {
         let mkl: usize = self.mkl.iter().flatten().map(mkl::MklLinear::bytes).sum();
         let onednn: usize = self.onednn.iter().flatten().map(onednn::OneDnnLinear::bytes).sum();
@@ -221,7 +209,6 @@ impl FastMlp for PreparedMlp {
         let rows = x.size2().ok()?.0;
         match plan(self.cpu, self.policy, rows) {
             Kernel::Plain => None,
-            Kernel::FeatureMajor => self.feature_major.as_ref()?.forward(x),
             Kernel::Mkl => mkl::mlp(self.mkl.as_deref()?, x),
             Kernel::Onednn => onednn::mlp(self.onednn.as_deref()?, x),
             Kernel::Tiled => tiled::mlp(self.tiled.as_deref()?, x),
@@ -296,8 +283,8 @@ fn frozen_input(x: &Tensor, k: i64) -> Option<(Tensor, i64)> {
 mod tests {
     use super::*;
 
-    const INTEL: Cpu = Cpu { vendor: Vendor::Intel, avx512: true, mkl: true, onednn: true };
-    const AMD: Cpu = Cpu { vendor: Vendor::Amd, avx512: true, mkl: true, onednn: true };
+    const XEON: Cpu = Cpu { vendor: Vendor::Intel, avx512: true, mkl: true, onednn: true };
+    const EPYC: Cpu = Cpu { vendor: Vendor::Amd, avx512: true, mkl: true, onednn: true };
 
     fn rows_taking(cpu: Cpu, policy: CpuKernels, kernel: Kernel) -> Vec<i64> {
         (1..=1024).filter(|&r| plan(cpu, policy, r) == kernel).collect()
@@ -308,28 +295,33 @@ mod tests {
     }
 
     #[test]
-    fn intel_runs_nearly_full_blocks_feature_major_and_packs_the_middle() {
-        assert_eq!(rows_taking(INTEL, CpuKernels::Auto, Kernel::FeatureMajor), ranges(&[12..=16, 28..=32, 44..=48]));
-        let mkl = rows_taking(INTEL, CpuKernels::Auto, Kernel::Mkl);
-        assert_eq!(mkl.first(), Some(&3));
-        assert_eq!(mkl.last(), Some(&383));
-        assert_eq!(rows_taking(INTEL, CpuKernels::Auto, Kernel::Plain), ranges(&[1..=2, 384..=1024]));
+    fn intel_runs_tiny_batches_plain_then_tiled_then_onednn() {
+        assert_eq!(rows_taking(XEON, CpuKernels::Auto, Kernel::Plain), ranges(&[1..=3]));
+        assert_eq!(rows_taking(XEON, CpuKernels::Auto, Kernel::Tiled), ranges(&[4..=224]));
+        assert_eq!(rows_taking(XEON, CpuKernels::Auto, Kernel::Onednn), ranges(&[225..=1024]));
     }
 
     #[test]
     fn amd_runs_the_tiled_kernel_up_to_384_rows_and_onednn_above() {
-        assert_eq!(rows_taking(AMD, CpuKernels::Auto, Kernel::Tiled), ranges(&[1..=384]));
-        assert_eq!(rows_taking(AMD, CpuKernels::Auto, Kernel::Onednn), ranges(&[385..=1024]));
-        let no_onednn = Cpu { onednn: false, ..AMD };
-        assert_eq!(rows_taking(no_onednn, CpuKernels::Auto, Kernel::Plain), ranges(&[385..=1024]));
+        assert_eq!(rows_taking(EPYC, CpuKernels::Auto, Kernel::Tiled), ranges(&[1..=384]));
+        assert_eq!(rows_taking(EPYC, CpuKernels::Auto, Kernel::Onednn), ranges(&[385..=1024]));
+    }
+
+    #[test]
+    fn without_onednn_large_batches_take_libtorchs_own_layers() {
+        for cpu in [XEON, EPYC] {
+            let cpu = Cpu { onednn: false, ..cpu };
+            assert_eq!(plan(cpu, CpuKernels::Auto, 1024), Kernel::Plain, "{cpu}");
+            assert_eq!(kernels_used(cpu, CpuKernels::Auto).last(), Some(&Kernel::Tiled), "{cpu}");
+        }
     }
 
     #[test]
     fn unmeasured_machines_take_libtorchs_own_layers() {
-        let other = Cpu { vendor: Vendor::Other, ..INTEL };
-        let no_avx512 = Cpu { avx512: false, ..AMD };
-        let no_mkl = Cpu { mkl: false, ..INTEL };
-        for cpu in [other, no_avx512, no_mkl] {
+        let other = Cpu { vendor: Vendor::Other, ..XEON };
+        let no_avx512 = Cpu { avx512: false, ..EPYC };
+        let intel_no_avx512 = Cpu { avx512: false, ..XEON };
+        for cpu in [other, no_avx512, intel_no_avx512] {
             assert_eq!(kernels_used(cpu, CpuKernels::Auto), [Kernel::Plain], "{cpu}");
         }
     }
@@ -342,7 +334,7 @@ mod tests {
             (CpuKernels::Onednn, Kernel::Onednn),
             (CpuKernels::Tiled, Kernel::Tiled),
         ] {
-            for cpu in [INTEL, AMD] {
+            for cpu in [XEON, EPYC] {
                 assert_eq!(kernels_used(cpu, policy), [kernel]);
                 assert_eq!(rows_taking(cpu, policy, kernel).len(), 1024);
             }
@@ -351,10 +343,10 @@ mod tests {
 
     #[test]
     fn kernels_used_lists_every_choice_of_auto() {
-        assert_eq!(kernels_used(INTEL, CpuKernels::Auto), [Kernel::Plain, Kernel::FeatureMajor, Kernel::Mkl]);
-        assert_eq!(kernels_used(AMD, CpuKernels::Auto), [Kernel::Onednn, Kernel::Tiled]);
+        assert_eq!(kernels_used(XEON, CpuKernels::Auto), [Kernel::Plain, Kernel::Onednn, Kernel::Tiled]);
+        assert_eq!(kernels_used(EPYC, CpuKernels::Auto), [Kernel::Onednn, Kernel::Tiled]);
         // Every rule is constant past the rows kernels_used looks at.
-        for cpu in [INTEL, AMD] {
+        for cpu in [XEON, EPYC] {
             assert_eq!(plan(cpu, CpuKernels::Auto, PLANNED_ROWS), plan(cpu, CpuKernels::Auto, 1 << 40));
         }
     }
@@ -373,7 +365,7 @@ mod tests {
             .collect();
         let last = layers.len() - 1;
         let policy = match kernel {
-            Kernel::Plain | Kernel::FeatureMajor => CpuKernels::Auto,
+            Kernel::Plain => CpuKernels::Plain,
             Kernel::Mkl => CpuKernels::Mkl,
             Kernel::Onednn => CpuKernels::Onednn,
             Kernel::Tiled => CpuKernels::Tiled,
@@ -390,21 +382,15 @@ mod tests {
                     h
                 }
             });
-            let got = match kernel {
-                Kernel::FeatureMajor => FeatureMajorMlp::new(&layers).and_then(|m| m.forward(&x)),
-                _ => PreparedMlp::new(&layers, cpu, policy).expect("prepares").forward(&x),
-            }
-            .expect("the kernel takes a contiguous f32 batch");
+            let got = PreparedMlp::new(&layers, cpu, policy)
+                .expect("prepares")
+                .forward(&x)
+                .expect("the kernel takes a contiguous f32 batch");
             assert_eq!(got.size(), [rows, 45]);
             let diff = (&got - &want).abs().max().double_value(&[]);
             let scale = want.abs().max().double_value(&[]);
             assert!(scale > 0.1 && diff <= 1e-5 * scale, "{kernel}, {rows} rows: diff {diff} at scale {scale}");
         }
-    }
-
-    #[test]
-    fn feature_major_equals_libtorchs_layers() {
-        kernel_equals_libtorchs_layers(Kernel::FeatureMajor);
     }
 
     #[test]
@@ -429,7 +415,10 @@ mod tests {
     #[test]
     fn inputs_that_need_autograd_take_libtorchs_layers() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let layers = [nn::linear(vs.root() / 0, 8, 20, Default::default()), nn::linear(vs.root() / 1, 20, 3, Default::default())];
+        let layers = [
+            nn::linear(vs.root() / 0, 8, 20, Default::default()),
+            nn::linear(vs.root() / 1, 20, 3, Default::default()),
+        ];
         let x = Tensor::zeros([4, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let cpu = Cpu::detect();
         for policy in CpuKernels::ALL.into_iter().filter(|p| *p != CpuKernels::Auto && check(cpu, *p).is_ok()) {
