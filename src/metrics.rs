@@ -31,6 +31,9 @@ pub struct MetricSet {
     pub queue_depth: IntGauge,
     pub in_flight: IntGauge,
     pub rejected: IntCounter,
+    pub admitted: IntGauge,
+    pub connections_open: IntGauge,
+    pub connections_refused: IntCounter,
     pub model_info: IntGaugeVec,
     pub scored_bits_per_dim: Histogram,
     pub anomalies: IntCounter,
@@ -124,7 +127,19 @@ impl MetricSet {
             rows,
             queue_depth: gauge("flowscore_queue_depth", "Requests waiting in the engine queue."),
             in_flight: gauge("flowscore_http_requests_in_flight", "HTTP requests being served."),
-            rejected: counter("flowscore_rejected_total", "Requests refused with 503 because the queue was full."),
+            rejected: counter(
+                "flowscore_rejected_total",
+                "Scoring requests refused with 503 (admission full, or the engine queue full).",
+            ),
+            admitted: gauge(
+                "flowscore_admitted_requests",
+                "Scoring requests admitted and not yet answered (reading, queued or computing).",
+            ),
+            connections_open: gauge("flowscore_connections_open", "Open client connections."),
+            connections_refused: counter(
+                "flowscore_connections_refused_total",
+                "Connections answered 503 and closed because --max-connections were open.",
+            ),
             model_info,
             scored_bits_per_dim: hist(
                 "flowscore_scored_bpd",

@@ -61,9 +61,27 @@ pub struct ServeArgs {
     /// microseconds. A lone client never waits.
     #[arg(long, env = "FLOWSCORE_MAX_WAIT_US", default_value_t = 2000)]
     pub max_wait_us: u64,
-    /// Requests that may wait for inference; more are refused with 503 + Retry-After.
+    /// Scoring requests admitted at once (being read, queued or computed); more are refused with
+    /// 503 + Retry-After before their bodies are read.
     #[arg(long, env = "FLOWSCORE_QUEUE_DEPTH", default_value_t = 1024)]
     pub queue_depth: usize,
+    /// A client must send a request's headers within this time, milliseconds; it is also how long
+    /// a keep-alive connection may idle between requests.
+    #[arg(long, env = "FLOWSCORE_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// A client must send a request's whole body within this time, milliseconds (408 after).
+    #[arg(long, env = "FLOWSCORE_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
+    /// Open connections at most; one more is answered 503 and closed at once.
+    #[arg(long, env = "FLOWSCORE_MAX_CONNECTIONS", default_value_t = 2048)]
+    pub max_connections: usize,
+    /// Megabytes of declared request bodies the admitted scoring requests may hold at once; with
+    /// `--queue-depth` requests it bounds the work admitted before a body is read (503 beyond).
+    #[arg(long, env = "FLOWSCORE_MAX_INFLIGHT_MB", default_value_t = 1024)]
+    pub max_inflight_mb: usize,
+    /// At shutdown, how long open connections and a training job may take to stop, milliseconds.
+    #[arg(long, env = "FLOWSCORE_DRAIN_TIMEOUT_MS", default_value_t = 20_000)]
+    pub drain_timeout_ms: u64,
     /// Per-request time limit in the engine, milliseconds.
     #[arg(long, env = "FLOWSCORE_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
@@ -110,6 +128,11 @@ impl ServeArgs {
             max_samples: self.max_samples,
             max_inpaint_steps: self.max_inpaint_steps,
             max_upload_rows: self.max_upload_rows,
+            header_read_timeout: Duration::from_millis(self.header_timeout_ms.max(1)),
+            body_read_timeout: Duration::from_millis(self.body_timeout_ms.max(1)),
+            max_connections: self.max_connections.max(1),
+            max_inflight_bytes: self.max_inflight_mb.max(1).saturating_mul(1 << 20),
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
         }
     }
 }
@@ -153,14 +176,11 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState> {
     let jobs_config = JobsConfig { data_dir: args.data_dir.clone(), threads: args.train_threads };
     let jobs = Jobs::open(registry.clone(), jobs_config, engine.clone(), metrics.clone())
         .with_context(|| format!("opening the jobs folder in {}", args.models_dir.display()))?;
-    Ok(AppState {
-        engine,
-        metrics,
-        limits: args.limits(),
-        registry,
-        admin_token: args.admin_token.as_deref().filter(|t| !t.is_empty()).map(Into::into),
-        jobs: Some(jobs),
-    })
+    let mut state = AppState::new(engine, metrics, args.limits());
+    state.registry = registry;
+    state.admin_token = args.admin_token.as_deref().filter(|t| !t.is_empty()).map(Into::into);
+    state.jobs = Some(jobs);
+    Ok(state)
 }
 
 /// Serves `state` on an already bound listener until `shutdown`, then drains.
@@ -170,7 +190,17 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown).await?;
+    let draining = state.draining.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // /ready answers 503 from here on, for health checks on open connections.
+        draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let (limits, metrics) = (state.limits.clone(), state.metrics.clone());
+    http::server::serve(listener, http::router(state.clone()), &limits, metrics, shutdown).await?;
+    if let Some(jobs) = &state.jobs {
+        jobs.shutdown(limits.drain_timeout).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

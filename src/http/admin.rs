@@ -5,7 +5,7 @@ use super::error::{ApiError, ErrorBody};
 use super::handlers::AppQuery;
 use super::AppState;
 use crate::data::Dataset;
-use crate::jobs::{DatasetSpec, JobError, JobSpec, JobStatus, Promotion};
+use crate::jobs::{DataSource, DatasetSpec, JobError, JobSpec, JobStatus, Promotion};
 use crate::store::ModelId;
 use crate::train::TrainConfig;
 use axum::extract::{Path, Request, State};
@@ -20,7 +20,9 @@ use utoipa::{IntoParams, ToSchema};
 impl From<JobError> for ApiError {
     fn from(e: JobError) -> Self {
         match e {
-            JobError::Busy(_) | JobError::Finished(_) => ApiError::Conflict(e.to_string()),
+            JobError::Busy(_) | JobError::Finished(_) | JobError::NotResumable { .. } | JobError::ResumeFailed(..) => {
+                ApiError::Conflict(e.to_string())
+            }
             JobError::BadRequest(m) => ApiError::BadRequest(m),
             JobError::Forbidden(m) => ApiError::Forbidden(m),
             JobError::NotFound(_) => ApiError::NotFound(e.to_string()),
@@ -133,7 +135,7 @@ pub async fn start_training(
     let config = merge_config(request.config)?;
     let name = request.name.unwrap_or_else(|| state.engine.info().card.name.clone());
     let promote = request.promote.unwrap_or_default();
-    let (data, described) = match (rows, request.dataset) {
+    let (data, described, source) = match (rows, request.dataset) {
         (Some(_), Some(_)) => return Err(ApiError::BadRequest("give either `dataset` or `inputs`, not both".into())),
         (None, None) => return Err(ApiError::BadRequest("missing training data: `dataset.path` or `inputs`".into())),
         (Some(m), None) => {
@@ -145,15 +147,16 @@ pub async fn start_training(
             }
             let ds = Dataset::from_rows(m.data, m.rows, m.cols, "uploaded rows")
                 .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            (ds, format!("{} uploaded rows", m.rows))
+            (ds, format!("{} uploaded rows", m.rows), DataSource::Upload)
         }
         (None, Some(spec)) => {
             let jobs = jobs.clone();
             let described = spec.path.clone().unwrap_or_default();
+            let file = spec.clone();
             let ds = tokio::task::spawn_blocking(move || jobs.load_dataset(&spec))
                 .await
                 .map_err(|e| ApiError::BadRequest(e.to_string()))??;
-            (ds, described)
+            (ds, described, DataSource::File(file))
         }
     };
     if promote == Promotion::Always && data.dim != state.engine.info().dim() {
@@ -163,7 +166,7 @@ pub async fn start_training(
             state.engine.info().dim()
         )));
     }
-    let spec = JobSpec { name, dataset: described, promote, config };
+    let spec = JobSpec { name, dataset: described, source, promote, config };
     let status = jobs.submit(spec, data)?;
     Ok((StatusCode::ACCEPTED, Json(status)).into_response())
 }
@@ -187,6 +190,19 @@ pub async fn job(State(state): State<AppState>, Path(id): Path<String>) -> Resul
 pub async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let jobs = state.jobs.ok_or_else(|| ApiError::NotFound("training is not enabled".into()))?;
     Ok((StatusCode::ACCEPTED, Json(jobs.cancel(&id)?)).into_response())
+}
+
+#[utoipa::path(post, path = "/train/{id}/resume", tag = "admin",
+    responses((status = 202, description = "resuming from the last finished epoch's checkpoint", body = JobStatus),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the job is not interrupted, another job is running, or its data is gone", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn resume_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let jobs = state.jobs.ok_or_else(|| ApiError::NotFound("training is not enabled".into()))?;
+    let status = tokio::task::spawn_blocking(move || jobs.resume(&id))
+        .await
+        .map_err(|e| ApiError::Engine(crate::engine::EngineError::Inference(e.to_string())))??;
+    Ok((StatusCode::ACCEPTED, Json(status)).into_response())
 }
 
 #[utoipa::path(get, path = "/models", tag = "models", responses((status = 200, description = "model names and versions with their cards")))]

@@ -1,5 +1,6 @@
 //! Request bodies (JSON or NPY rows) and response encoding (JSON, or NPY on `Accept`).
 use super::error::ApiError;
+use super::AppState;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -146,14 +147,18 @@ pub enum Body {
     Npy(Bytes),
 }
 
-/// The raw body with its kind; too-large bodies and unknown content types become our JSON
-/// errors rather than axum's plain-text rejections.
-impl<S: Send + Sync> FromRequest<S> for Body {
+/// The raw body with its kind, read within the body timeout; too-large bodies and unknown content
+/// types become our JSON errors rather than axum's plain-text rejections.
+impl FromRequest<AppState> for Body {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Body, ApiError> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Body, ApiError> {
         let kind = content_kind(req.headers())?;
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        let timeout = state.limits.body_read_timeout;
+        let read = tokio::time::timeout(timeout, Bytes::from_request(req, state)).await.map_err(|_| {
+            ApiError::RequestTimeout(format!("the request body did not arrive within {} ms", timeout.as_millis()))
+        })?;
+        let bytes = read.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge("request body exceeds the server's size limit".into())
             } else {

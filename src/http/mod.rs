@@ -1,10 +1,13 @@
 //! The HTTP layer: routes, limits, request ids, logs and metrics. Handlers never touch tensors;
 //! they talk to the engine.
 mod admin;
+mod admission;
 mod body;
 mod error;
 mod handlers;
+pub mod server;
 
+pub use admission::Admission;
 pub use error::ApiError;
 pub use handlers::MODEL_HEADER;
 
@@ -18,14 +21,15 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
 
-/// Per-request limits (the engine has its own queue limits).
+/// Limits per request and per connection (the engine has its own queue limits).
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_body_bytes: usize,
@@ -34,6 +38,17 @@ pub struct Limits {
     pub max_inpaint_steps: usize,
     /// Most rows a training request may upload.
     pub max_upload_rows: usize,
+    /// A connection must send a request's headers within this time (also the keep-alive idle
+    /// limit between requests).
+    pub header_read_timeout: Duration,
+    /// A request's whole body must arrive within this time.
+    pub body_read_timeout: Duration,
+    /// Open connections at most; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Declared body bytes that admitted scoring requests may hold at once.
+    pub max_inflight_bytes: usize,
+    /// At shutdown, how long open connections may take to finish their requests.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -44,6 +59,11 @@ impl Default for Limits {
             max_samples: 1024,
             max_inpaint_steps: 2000,
             max_upload_rows: 100_000,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 2048,
+            max_inflight_bytes: 1 << 30,
+            drain_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -59,6 +79,10 @@ pub struct AppState {
     pub admin_token: Option<Arc<str>>,
     /// Background training; None disables /train.
     pub jobs: Option<Jobs>,
+    /// Slots and body bytes of the scoring requests being served.
+    pub admission: Admission,
+    /// Set once shutdown has begun: /ready answers 503.
+    pub draining: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -66,7 +90,9 @@ impl AppState {
     pub fn new(engine: Engine, metrics: Metrics, limits: Limits) -> AppState {
         let registry =
             Registry::new(engine.info().dir.parent().and_then(|p| p.parent()).unwrap_or(std::path::Path::new(".")));
-        AppState { engine, metrics, limits, registry, admin_token: None, jobs: None }
+        let admission = Admission::new(engine.config().queue_depth, limits.max_inflight_bytes);
+        let draining = Arc::new(AtomicBool::new(false));
+        AppState { engine, metrics, limits, registry, admin_token: None, jobs: None, admission, draining }
     }
 }
 
@@ -91,6 +117,7 @@ impl AppState {
         admin::list_jobs,
         admin::job,
         admin::cancel_job,
+        admin::resume_job,
         admin::list_models,
         admin::activate
     ),
@@ -119,18 +146,23 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/train", post(admin::start_training).get(admin::list_jobs))
         .route("/train/{id}", get(admin::job).delete(admin::cancel_job))
+        .route("/train/{id}/resume", post(admin::resume_job))
         .route("/models/{name}/{version}/activate", post(admin::activate))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin::require_admin));
     let admin = if state.admin_token.is_some() { admin } else { Router::new() };
-    Router::new()
-        .merge(admin)
-        .route("/models", get(admin::list_models))
+    // Admitted (or refused) before their bodies are read.
+    let scoring = Router::new()
         .route("/log_prob", post(handlers::log_prob))
         .route("/score", post(handlers::score))
         .route("/encode", post(handlers::encode))
         .route("/decode", post(handlers::decode))
         .route("/sample", get(handlers::sample))
         .route("/inpaint", post(handlers::inpaint))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit));
+    Router::new()
+        .merge(admin)
+        .merge(scoring)
+        .route("/models", get(admin::list_models))
         .route("/model", get(handlers::model))
         .route("/health", get(handlers::health))
         .route("/ready", get(handlers::ready))

@@ -1,6 +1,10 @@
 //! Background training jobs: one at a time, on their own thread with their own libtorch
 //! thread budget, checkpointed every epoch, cancellable between batches, and promoted to live
 //! through the engine's hot swap. Job state is kept on disk, so a restart can tell what happened.
+//! A job stopped by a shutdown (or found running after a crash) is `interrupted`: its spec, data
+//! and last checkpoint stay in its folder, and `resume` continues it from that checkpoint to the
+//! model an uninterrupted run would have given. Resuming is an explicit admin request, never
+//! automatic, so a job that crashes the process cannot do so in a loop.
 use crate::data::{self, Dataset, LoadOptions};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
@@ -9,11 +13,23 @@ use crate::train::{self, Observer, TrainConfig, TrainError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 const JOB_FILE: &str = "job.json";
+/// What a job needs to run again: its spec (`JobSpec`).
+const SPEC_FILE: &str = "spec.json";
+/// Uploaded training rows, kept for a resume (float32 NPY).
+const DATA_FILE: &str = "data.npy";
+/// The state after the last finished epoch (`train::TrainState::save`).
+const CHECKPOINT_DIR: &str = "checkpoint";
+
+/// Why a job's thread should stop (`Entry::stop`).
+const RUN: u8 = 0;
+const CANCEL: u8 = 1;
+const INTERRUPT: u8 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -23,6 +39,8 @@ pub enum JobState {
     Succeeded,
     Failed,
     Cancelled,
+    /// Stopped by a shutdown or a crash; `POST /train/{id}/resume` continues it.
+    Interrupted,
 }
 
 /// When a finished model becomes live.
@@ -49,11 +67,23 @@ pub struct DatasetSpec {
     pub limit: Option<usize>,
 }
 
-/// Everything a job needs; kept in its job file.
+/// Where a job's rows come from, so that a resume can read them again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DataSource {
+    /// Rows sent with the request, kept in the job folder.
+    Upload,
+    /// A file in the data folder.
+    File(DatasetSpec),
+}
+
+/// Everything a job needs; kept in its folder (`spec.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobSpec {
     pub name: String,
+    /// The data, in words.
     pub dataset: String,
+    pub source: DataSource,
     pub promote: Promotion,
     pub config: TrainConfig,
 }
@@ -97,6 +127,10 @@ pub enum JobError {
     NotFound(String),
     #[error("job {0} has already finished")]
     Finished(String),
+    #[error("job {id} is {state}; only an interrupted job can be resumed")]
+    NotResumable { id: String, state: String },
+    #[error("job {0} cannot be resumed: {1}")]
+    ResumeFailed(String, String),
 }
 
 #[derive(Debug, Clone)]
@@ -109,7 +143,10 @@ pub struct JobsConfig {
 
 struct Entry {
     status: JobStatus,
-    cancel: Arc<AtomicBool>,
+    /// RUN, CANCEL or INTERRUPT.
+    stop: Arc<AtomicU8>,
+    /// The job's thread while it may still run; joined at shutdown.
+    thread: Option<JoinHandle<()>>,
 }
 
 /// Shared by all handlers.
@@ -129,8 +166,8 @@ struct Inner {
 }
 
 impl Jobs {
-    /// Reads the jobs folder; jobs a previous process left queued or running are marked failed
-    /// with the reason (their last checkpoint stays on disk).
+    /// Reads the jobs folder; jobs a previous process left queued or running are marked
+    /// interrupted (their folder keeps what `resume` needs).
     pub fn open(registry: Registry, config: JobsConfig, engine: Engine, metrics: Metrics) -> std::io::Result<Jobs> {
         let dir = registry.root().join(".jobs");
         std::fs::create_dir_all(&dir)?;
@@ -140,15 +177,12 @@ impl Jobs {
             let Ok(text) = std::fs::read_to_string(&path) else { continue };
             let Ok(mut status) = serde_json::from_str::<JobStatus>(&text) else { continue };
             if matches!(status.state, JobState::Queued | JobState::Running) {
-                status.state = JobState::Failed;
-                status.error = Some(format!(
-                    "interrupted: the server stopped during epoch {} (the last finished epoch's checkpoint is in {})",
-                    status.epoch,
-                    e.path().join("checkpoint").display()
-                ));
+                status.state = JobState::Interrupted;
+                status.eta_seconds = None;
+                status.error = Some(interrupted_message(&status));
                 write_status(&e.path(), &status);
             }
-            jobs.insert(status.id.clone(), Entry { status, cancel: Arc::new(AtomicBool::new(false)) });
+            jobs.insert(status.id.clone(), Entry { status, stop: Arc::new(AtomicU8::new(RUN)), thread: None });
         }
         let runtime = tokio::runtime::Handle::current();
         let inner = Inner { registry, dir, config, engine, metrics, jobs: Mutex::new(jobs), runtime };
@@ -163,15 +197,46 @@ impl Jobs {
         self.lock().get(id).map(|e| e.status.clone()).ok_or_else(|| JobError::NotFound(id.into()))
     }
 
-    /// Asks a job to stop; it does within one batch.
+    /// Asks a job to stop; it does within one batch. An interrupted job is cancelled at once (it
+    /// can then no longer be resumed).
     pub fn cancel(&self, id: &str) -> Result<JobStatus, JobError> {
-        let jobs = self.lock();
-        let e = jobs.get(id).ok_or_else(|| JobError::NotFound(id.into()))?;
-        if !matches!(e.status.state, JobState::Queued | JobState::Running) {
-            return Err(JobError::Finished(id.into()));
+        let mut jobs = self.lock();
+        let e = jobs.get_mut(id).ok_or_else(|| JobError::NotFound(id.into()))?;
+        match e.status.state {
+            JobState::Queued | JobState::Running => {
+                e.stop.store(CANCEL, Ordering::SeqCst);
+            }
+            JobState::Interrupted => {
+                e.status.state = JobState::Cancelled;
+                e.status.error = None;
+                write_status(&self.inner.dir.join(id), &e.status);
+                remove_resume_files(&self.inner.dir.join(id));
+            }
+            _ => return Err(JobError::Finished(id.into())),
         }
-        e.cancel.store(true, Ordering::SeqCst);
         Ok(e.status.clone())
+    }
+
+    /// Stops the running job at its next batch as interrupted (its last checkpoint kept) and
+    /// waits up to `timeout` for its thread to end; for shutdown.
+    pub async fn shutdown(&self, timeout: Duration) {
+        let threads: Vec<(String, JoinHandle<()>)> = {
+            let mut jobs = self.lock();
+            jobs.iter_mut()
+                .filter_map(|(id, e)| {
+                    e.stop.store(INTERRUPT, Ordering::SeqCst);
+                    e.thread.take().map(|t| (id.clone(), t))
+                })
+                .collect()
+        };
+        for (id, thread) in threads {
+            tracing::info!(job = %id, "stopping the training job at its next batch");
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            match tokio::time::timeout(timeout, joined).await {
+                Ok(_) => tracing::info!(job = %id, "training job stopped; resume it with POST /train/{id}/resume"),
+                Err(_) => tracing::warn!(job = %id, ?timeout, "training job did not stop in time"),
+            }
+        }
     }
 
     /// Resolves `path` inside the data folder; anything outside it is refused.
@@ -219,9 +284,7 @@ impl Jobs {
             tracing::info!(dim = data.dim, live_dim, "training a model of another dimension than the live one");
         }
         let mut jobs = self.lock();
-        if let Some(busy) = jobs.values().find(|e| matches!(e.status.state, JobState::Queued | JobState::Running)) {
-            return Err(JobError::Busy(format!("{:?} ({})", busy.status.state, busy.status.id).to_lowercase()));
-        }
+        ensure_idle(&jobs)?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let status = JobStatus {
             id: id.clone(),
@@ -243,20 +306,84 @@ impl Jobs {
             config: serde_json::to_value(&spec.config).unwrap_or_default(),
         };
         let job_dir = self.inner.dir.join(&id);
-        std::fs::create_dir_all(&job_dir)
-            .map_err(|e| JobError::BadRequest(format!("cannot create the job folder: {e}")))?;
+        let cannot = |e: String| JobError::BadRequest(format!("cannot set up the job folder: {e}"));
+        std::fs::create_dir_all(&job_dir).map_err(|e| cannot(e.to_string()))?;
+        let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| cannot(e.to_string()))?;
+        std::fs::write(job_dir.join(SPEC_FILE), spec_json).map_err(|e| cannot(e.to_string()))?;
+        if matches!(spec.source, DataSource::Upload) {
+            data::write_npy(&job_dir.join(DATA_FILE), &data.rows, data.n, data.dim)
+                .map_err(|e| cannot(e.to_string()))?;
+        }
         write_status(&job_dir, &status);
-        let cancel = Arc::new(AtomicBool::new(false));
-        jobs.insert(id.clone(), Entry { status: status.clone(), cancel: cancel.clone() });
-        drop(jobs);
-        let jobs = self.clone();
+        jobs.insert(id.clone(), Entry { status: status.clone(), stop: Arc::new(AtomicU8::new(RUN)), thread: None });
+        self.start(&mut jobs, &id, spec, data, false)?;
+        Ok(status)
+    }
+
+    /// Continues an interrupted job from its last checkpoint (from the start where it had none),
+    /// on the same data and configuration, in the same job.
+    pub fn resume(&self, id: &str) -> Result<JobStatus, JobError> {
+        let mut jobs = self.lock();
+        let entry = jobs.get(id).ok_or_else(|| JobError::NotFound(id.into()))?;
+        if entry.status.state != JobState::Interrupted {
+            let state = serde_json::to_value(entry.status.state).ok().and_then(|v| v.as_str().map(String::from));
+            return Err(JobError::NotResumable { id: id.into(), state: state.unwrap_or_default() });
+        }
+        ensure_idle(&jobs)?;
+        let dir = self.inner.dir.join(id);
+        let failed = |m: String| JobError::ResumeFailed(id.into(), m);
+        let text = std::fs::read(dir.join(SPEC_FILE)).map_err(|_| failed("its folder keeps no spec".into()))?;
+        let spec: JobSpec = serde_json::from_slice(&text).map_err(|e| failed(format!("its spec: {e}")))?;
+        let data = match &spec.source {
+            DataSource::Upload => {
+                let rows = data::load(&dir.join(DATA_FILE), &LoadOptions::default())
+                    .map_err(|e| failed(format!("its uploaded rows: {e}")))?;
+                Dataset { source: spec.dataset.clone(), ..rows }
+            }
+            DataSource::File(file) => self.load_dataset(file).map_err(|e| failed(e.to_string()))?,
+        };
+        let checkpoint = dir.join(CHECKPOINT_DIR).join("trainer.json").exists();
+        let Some(entry) = jobs.get_mut(id) else { return Err(JobError::NotFound(id.into())) };
+        entry.stop.store(RUN, Ordering::SeqCst);
+        entry.status.state = JobState::Queued;
+        entry.status.error = None;
+        if !checkpoint {
+            entry.status.history.clear();
+            entry.status.epoch = 0;
+        }
+        write_status(&dir, &entry.status);
+        let status = entry.status.clone();
+        self.start(&mut jobs, id, spec, data, checkpoint)?;
+        tracing::info!(job = %id, from_checkpoint = checkpoint, "training job resumed");
+        Ok(status)
+    }
+
+    /// Starts the thread of job `id` (already in `jobs`).
+    fn start(
+        &self,
+        jobs: &mut BTreeMap<String, Entry>,
+        id: &str,
+        spec: JobSpec,
+        data: Dataset,
+        resume: bool,
+    ) -> Result<(), JobError> {
+        let entry = jobs.get_mut(id).ok_or_else(|| JobError::NotFound(id.into()))?;
+        let (me, job, stop) = (self.clone(), id.to_string(), entry.stop.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("flowscore-train-{id}"))
-            .spawn(move || jobs.run(id, spec, data, cancel));
-        if let Err(e) = spawned {
-            return Err(JobError::BadRequest(format!("cannot start the training thread: {e}")));
+            .spawn(move || me.run(job, spec, data, stop, resume));
+        match spawned {
+            Ok(thread) => {
+                entry.thread = Some(thread);
+                Ok(())
+            }
+            Err(e) => {
+                entry.status.state = JobState::Failed;
+                entry.status.error = Some(format!("cannot start the training thread: {e}"));
+                write_status(&self.inner.dir.join(id), &entry.status);
+                Err(JobError::BadRequest(format!("cannot start the training thread: {e}")))
+            }
         }
-        Ok(status)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
@@ -271,14 +398,16 @@ impl Jobs {
         }
     }
 
-    fn run(self, id: String, spec: JobSpec, data: Dataset, cancel: Arc<AtomicBool>) {
+    fn run(self, id: String, spec: JobSpec, data: Dataset, stop: Arc<AtomicU8>, resume: bool) {
         tch::set_num_threads(self.inner.config.threads.max(1) as i32);
         let m = &self.inner.metrics;
         self.update(&id, |s| s.state = JobState::Running);
         let started = Instant::now();
-        let outcome = self.train_and_promote(&id, &spec, &data, cancel, started);
+        let outcome = self.train_and_promote(&id, &spec, &data, stop.clone(), started, resume);
+        let interrupted = stop.load(Ordering::SeqCst) == INTERRUPT;
         let (state, label) = match &outcome {
             Ok(()) => (JobState::Succeeded, "succeeded"),
+            Err(TrainError::Cancelled) if interrupted => (JobState::Interrupted, "interrupted"),
             Err(TrainError::Cancelled) => (JobState::Cancelled, "cancelled"),
             Err(_) => (JobState::Failed, "failed"),
         };
@@ -287,12 +416,15 @@ impl Jobs {
         self.update(&id, |s| {
             s.state = state;
             s.eta_seconds = None;
-            if let Err(e) = &outcome {
-                if state == JobState::Failed {
-                    s.error = Some(e.to_string());
-                }
+            match (&outcome, state) {
+                (Err(e), JobState::Failed) => s.error = Some(e.to_string()),
+                (_, JobState::Interrupted) => s.error = Some(interrupted_message(s)),
+                _ => {}
             }
         });
+        if matches!(state, JobState::Succeeded | JobState::Cancelled) {
+            remove_resume_files(&self.inner.dir.join(&id));
+        }
         tracing::info!(job = %id, outcome = label, seconds = started.elapsed().as_secs_f64(), "training job finished");
     }
 
@@ -301,20 +433,28 @@ impl Jobs {
         id: &str,
         spec: &JobSpec,
         data: &Dataset,
-        cancel: Arc<AtomicBool>,
+        stop: Arc<AtomicU8>,
         started: Instant,
+        resume: bool,
     ) -> Result<(), TrainError> {
         let (train_set, val_set) = data.split(spec.config.val_fraction, spec.config.seed);
         let job_dir = self.inner.dir.join(id);
+        let checkpoint = job_dir.join(CHECKPOINT_DIR);
         let mut observer = JobObserver {
             jobs: self.clone(),
             id: id.to_string(),
-            cancel,
+            stop,
             started,
-            dir: job_dir,
+            first_epoch: None,
+            dir: checkpoint.clone(),
             max_epochs: spec.config.epochs,
         };
-        let mut model = train::train(&spec.config, &train_set, &val_set, None, &mut observer)?;
+        let mut model = if resume {
+            // The status's history up to the checkpoint, then the resumed epochs append to it.
+            train::resume(&spec.config, &train_set, &val_set, None, &checkpoint, &mut observer)?
+        } else {
+            train::train(&spec.config, &train_set, &val_set, None, &mut observer)?
+        };
         let registry = &self.inner.registry;
         let version = registry.next_version(&spec.name);
         model.card.name = spec.name.clone();
@@ -373,8 +513,11 @@ impl Jobs {
 struct JobObserver {
     jobs: Jobs,
     id: String,
-    cancel: Arc<AtomicBool>,
+    stop: Arc<AtomicU8>,
     started: Instant,
+    /// The first epoch this run trained (after a resume, not 1), for the ETA.
+    first_epoch: Option<usize>,
+    /// Where the checkpoint goes.
     dir: PathBuf,
     max_epochs: usize,
 }
@@ -396,28 +539,53 @@ impl Observer for JobObserver {
         let m = &self.jobs.inner.metrics;
         m.train_epoch.set(record.epoch as i64);
         m.train_val_log_likelihood.set(record.val_log_likelihood);
-        let per_epoch = self.started.elapsed().as_secs_f64() / record.epoch as f64;
+        let first = *self.first_epoch.get_or_insert(record.epoch);
+        let per_epoch = self.started.elapsed().as_secs_f64() / (record.epoch + 1 - first) as f64;
         let eta = per_epoch * self.max_epochs.saturating_sub(record.epoch) as f64;
         let record = record.clone();
         self.jobs.update(&self.id, |s| {
             s.epoch = record.epoch;
             s.progress = 1.0;
+            // After a resume the epochs past the checkpoint run again: they replace their records.
+            s.history.retain(|r| r.epoch < record.epoch);
             s.history.push(record);
             s.best_val_log_likelihood = Some(best_val);
             s.eta_seconds = Some(eta);
         });
     }
 
-    fn on_checkpoint(&mut self, model: &mut store::Model) {
-        // Atomic: a reader (or a restart) sees the previous checkpoint or this one.
-        if let Err(e) = store::save(model, &self.dir.join("checkpoint"), true) {
+    fn on_checkpoint(&mut self, state: &mut train::TrainState) {
+        // Atomic: a reader (or a resume) sees the previous checkpoint or this one.
+        if let Err(e) = state.save(&self.dir) {
             tracing::warn!(job = %self.id, error = %e, "checkpoint failed");
         }
     }
 
     fn cancelled(&self) -> bool {
-        self.cancel.load(Ordering::SeqCst)
+        self.stop.load(Ordering::SeqCst) != RUN
     }
+}
+
+/// Refuses a new job (or a resume) while another is queued or running.
+fn ensure_idle(jobs: &BTreeMap<String, Entry>) -> Result<(), JobError> {
+    match jobs.values().find(|e| matches!(e.status.state, JobState::Queued | JobState::Running)) {
+        Some(busy) => Err(JobError::Busy(format!("{:?} ({})", busy.status.state, busy.status.id).to_lowercase())),
+        None => Ok(()),
+    }
+}
+
+fn interrupted_message(status: &JobStatus) -> String {
+    format!(
+        "interrupted during epoch {} (the server stopped); POST /train/{}/resume continues from the last finished epoch",
+        status.epoch.max(1),
+        status.id
+    )
+}
+
+/// What only a resume needs: the checkpoint and the uploaded rows.
+fn remove_resume_files(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir.join(CHECKPOINT_DIR));
+    let _ = std::fs::remove_file(dir.join(DATA_FILE));
 }
 
 /// Writes a job's status atomically.

@@ -119,6 +119,17 @@ pub fn load(dir: &Path, device: Device) -> Result<Model, StoreError> {
 /// which is then renamed into place, so a reader sees the old folder or the new one, never a
 /// half-written one. Fills in the card's weights hash. Refuses to overwrite unless `replace`.
 pub fn save(model: &mut Model, dir: &Path, replace: bool) -> Result<(), StoreError> {
+    save_with(model, dir, replace, |_| Ok(()))
+}
+
+/// `save`, with `extra` writing more files into the folder before it appears (training
+/// checkpoints keep their optimiser state beside the model this way, in the same atomic step).
+pub fn save_with(
+    model: &mut Model,
+    dir: &Path,
+    replace: bool,
+    extra: impl FnOnce(&Path) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| StoreError::Io { path, source }
@@ -131,7 +142,7 @@ pub fn save(model: &mut Model, dir: &Path, replace: bool) -> Result<(), StoreErr
     let base = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let tmp = parent.join(format!(".{base}.tmp-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let result = write_folder(model, &tmp).and_then(|()| {
+    let result = write_folder(model, &tmp).and_then(|()| extra(&tmp)).and_then(|()| {
         if dir.exists() {
             let old = parent.join(format!(".{base}.old-{}-{}", std::process::id(), unique()));
             std::fs::rename(dir, &old).map_err(io(dir))?;

@@ -1,6 +1,10 @@
 //! Fitting a NICE model by maximum likelihood: Adam on mini-batches, fresh dequantisation noise
 //! for 8-bit data, a validation split, early stopping that keeps the best weights, and
-//! calibration for anomaly scoring at the end.
+//! calibration for anomaly scoring at the end. Every epoch's shuffle and noise come from the seed
+//! and the epoch alone, and a checkpoint holds the whole state after an epoch (weights, Adam's
+//! moments, the best weights, the early-stopping counters), so a run resumed from its checkpoint
+//! ends with exactly the model an uninterrupted run would have.
+mod adam;
 mod config;
 
 pub use config::{LrSchedule, PreprocessChoice, TrainConfig};
@@ -8,13 +12,16 @@ pub use config::{LrSchedule, PreprocessChoice, TrainConfig};
 use crate::calibration::Calibration;
 use crate::data::Dataset;
 use crate::flow::{bits_per_dim, Architecture, FlowError, Nice, Preprocess};
-use crate::store::{EpochRecord, InputSpec, Model, ModelCard, TrainingSummary};
+use crate::store::{self, EpochRecord, InputSpec, Model, ModelCard, StoreError, TrainingSummary};
+use adam::Adam;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Instant;
-use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -30,14 +37,22 @@ pub enum TrainError {
     Diverged(usize),
     #[error("cancelled")]
     Cancelled,
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+}
+
+impl From<StoreError> for TrainError {
+    fn from(e: StoreError) -> Self {
+        TrainError::Checkpoint(e.to_string())
+    }
 }
 
 /// Receives progress; lets the caller cancel between batches.
 pub trait Observer {
     fn on_batch(&mut self, _epoch: usize, _done: usize, _total: usize) {}
     fn on_epoch(&mut self, _record: &EpochRecord, _best_val: f64) {}
-    /// Called after every epoch with the current weights, e.g. to write a checkpoint.
-    fn on_checkpoint(&mut self, _model: &mut Model) {}
+    /// Called after every epoch with the whole training state, e.g. to `save` it.
+    fn on_checkpoint(&mut self, _state: &mut TrainState) {}
     fn cancelled(&self) -> bool {
         false
     }
@@ -50,6 +65,73 @@ impl Observer for Quiet {}
 /// Rows evaluated per forward pass when scoring a whole data set.
 const EVAL_CHUNK: usize = 2048;
 
+/// What a run carries from one epoch to the next, besides tensors; saved with each checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Progress {
+    pub epochs_done: usize,
+    pub history: Vec<EpochRecord>,
+    /// The best validation log-likelihood so far and its epoch.
+    pub best: Option<(f64, usize)>,
+    /// Epochs since the best one.
+    pub stale: usize,
+    /// Adam steps taken.
+    pub steps: u64,
+}
+
+/// The whole state of a run after an epoch.
+pub struct TrainState {
+    pub model: Model,
+    adam: Adam,
+    /// The weights of the best epoch so far.
+    best_weights: BTreeMap<String, Tensor>,
+    pub progress: Progress,
+}
+
+const TRAINER_TENSORS: &str = "trainer.safetensors";
+const TRAINER_JSON: &str = "trainer.json";
+
+impl TrainState {
+    /// Writes the state to `dir` atomically: a model folder of the current weights (loadable as
+    /// any model) with the optimiser and early-stopping state beside it.
+    pub fn save(&mut self, dir: &Path) -> Result<(), TrainError> {
+        let progress = serde_json::to_vec_pretty(&self.progress).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        let mut tensors = self.adam.state();
+        tensors.extend(self.best_weights.iter().map(|(k, v)| (format!("best.{k}"), v.shallow_clone())));
+        store::save_with(&mut self.model, dir, true, |tmp| {
+            let io = |path: std::path::PathBuf| move |source| StoreError::Io { path, source };
+            let path = tmp.join(TRAINER_TENSORS);
+            Tensor::write_safetensors(&tensors, &path)
+                .map_err(|e| StoreError::Weights { path: path.clone(), message: e.to_string() })?;
+            let path = tmp.join(TRAINER_JSON);
+            std::fs::write(&path, &progress).map_err(io(path))
+        })?;
+        Ok(())
+    }
+
+    /// Reads a state written by `save`, checking it against `cfg`.
+    fn load(dir: &Path, cfg: &TrainConfig) -> Result<TrainState, TrainError> {
+        let bad = |m: String| TrainError::Checkpoint(format!("{}: {m}", dir.display()));
+        let model = store::load(dir, Device::Cpu)?;
+        let text = std::fs::read(dir.join(TRAINER_JSON)).map_err(|e| bad(format!("{TRAINER_JSON}: {e}")))?;
+        let progress: Progress = serde_json::from_slice(&text).map_err(|e| bad(format!("{TRAINER_JSON}: {e}")))?;
+        let saved: BTreeMap<String, Tensor> = Tensor::read_safetensors(dir.join(TRAINER_TENSORS))
+            .map_err(|e| bad(format!("{TRAINER_TENSORS}: {e}")))?
+            .into_iter()
+            .collect();
+        let mut adam = Adam::new(&model.vs, cfg.beta1, cfg.beta2, cfg.eps);
+        adam.restore(progress.steps, &saved).map_err(bad)?;
+        let mut best_weights = BTreeMap::new();
+        for (name, var) in model.named_tensors() {
+            let w = saved.get(&format!("best.{name}")).ok_or_else(|| bad(format!("no best weights for `{name}`")))?;
+            if w.size() != var.size() {
+                return Err(bad(format!("best weights for `{name}` have the wrong shape")));
+            }
+            best_weights.insert(name, w.shallow_clone());
+        }
+        Ok(TrainState { model, adam, best_weights, progress })
+    }
+}
+
 /// Trains on `train`, early-stops on `val`, reports on `test` if given.
 pub fn train(
     cfg: &TrainConfig,
@@ -60,30 +142,66 @@ pub fn train(
 ) -> Result<Model, TrainError> {
     cfg.validate()?;
     check_data(cfg, train, val, test)?;
-    let started = Instant::now();
     tch::manual_seed(cfg.seed as i64);
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-
     let card = new_card(cfg, train)?;
     let mut model = Model::new(card, Device::Cpu)?;
-    let x_train = rows_tensor(train)?;
     if cfg.data_init {
         let n = train.n.min(4096) as i64;
-        model.nice.init_scale_from_data(&x_train.narrow(0, 0, n))?;
+        model.nice.init_scale_from_data(&rows_tensor(train)?.narrow(0, 0, n))?;
     }
-    let adam = nn::Adam { beta1: cfg.beta1, beta2: cfg.beta2, wd: 0.0, eps: cfg.eps, amsgrad: false };
-    let mut opt = adam.build(&model.vs, cfg.lr)?;
+    let adam = Adam::new(&model.vs, cfg.beta1, cfg.beta2, cfg.eps);
+    let state = TrainState { model, adam, best_weights: BTreeMap::new(), progress: Progress::default() };
+    run(cfg, train, val, test, state, observer)
+}
 
+/// Continues the run whose checkpoint (`TrainState::save`) is in `dir`, on the same data and
+/// configuration, to the model an uninterrupted run would have given.
+pub fn resume(
+    cfg: &TrainConfig,
+    train: &Dataset,
+    val: &Dataset,
+    test: Option<&Dataset>,
+    dir: &Path,
+    observer: &mut dyn Observer,
+) -> Result<Model, TrainError> {
+    cfg.validate()?;
+    check_data(cfg, train, val, test)?;
+    let state = TrainState::load(dir, cfg)?;
+    if state.model.card.architecture.dim != train.dim {
+        return Err(TrainError::Checkpoint(format!(
+            "the checkpoint's model takes {} values per row, the data has {}",
+            state.model.card.architecture.dim, train.dim
+        )));
+    }
+    run(cfg, train, val, test, state, observer)
+}
+
+/// The epochs after `state.progress.epochs_done`, then the best weights, calibration and summary.
+fn run(
+    cfg: &TrainConfig,
+    train: &Dataset,
+    val: &Dataset,
+    test: Option<&Dataset>,
+    mut state: TrainState,
+    observer: &mut dyn Observer,
+) -> Result<Model, TrainError> {
+    let started = Instant::now();
+    // Seconds of the epochs before a resume, so that records and the summary count the whole run.
+    let before = state.progress.history.last().map_or(0.0, |r| r.seconds);
+    let x_train = rows_tensor(train)?;
     let dim = train.dim;
     let batches = train.n.div_ceil(cfg.batch_size);
-    let mut order: Vec<i64> = (0..train.n as i64).collect();
-    let mut history = Vec::new();
-    let mut best: Option<(f64, usize, BTreeMap<String, Tensor>)> = None;
-    let mut stale = 0;
-    let out_of_time = |t: &Instant| cfg.max_seconds.is_some_and(|m| t.elapsed().as_secs_f64() >= m);
+    let out_of_time = |t: &Instant| cfg.max_seconds.is_some_and(|m| before + t.elapsed().as_secs_f64() >= m);
 
-    for epoch in 1..=cfg.epochs {
+    for epoch in state.progress.epochs_done + 1..=cfg.epochs {
+        if out_of_time(&started) {
+            break;
+        }
         let epoch_start = Instant::now();
+        // The epoch's shuffle and noise depend on the seed and the epoch only.
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        rng.set_stream(epoch as u64);
+        let mut order: Vec<i64> = (0..train.n as i64).collect();
         order.shuffle(&mut rng);
         let (mut ll_sum, mut rows_seen) = (0.0, 0usize);
         for b in 0..batches {
@@ -99,14 +217,13 @@ pub fn train(
             let mut xb = x_train.index_select(0, &idx);
             if train.eight_bit {
                 // (pixel + U(0,1)) / 256, with rows stored as (pixel + 0.5) / 256.
-                xb += (xb.rand_like() - 0.5) / 256.0;
+                let noise: Vec<f32> = (0..(hi - lo) * dim).map(|_| (rng.gen::<f32>() - 0.5) / 256.0).collect();
+                xb += Tensor::f_from_slice(&noise)?.f_view([(hi - lo) as i64, dim as i64])?;
             }
-            if let Some(lr) = cfg.lr_at(epoch, b, batches) {
-                opt.set_lr(lr);
-            }
-            let ll = model.nice.log_prob(&xb)?.mean(Kind::Double);
-            let loss = -&ll;
-            opt.backward_step(&loss);
+            let lr = cfg.lr_at(epoch, b, batches).unwrap_or(cfg.lr);
+            let ll = state.model.nice.log_prob(&xb)?.mean(Kind::Double);
+            (-&ll).backward();
+            state.adam.step(lr);
             let ll = ll.double_value(&[]);
             if !ll.is_finite() {
                 return Err(TrainError::Diverged(epoch));
@@ -116,35 +233,41 @@ pub fn train(
             observer.on_batch(epoch, b + 1, batches);
         }
         let train_seconds = epoch_start.elapsed().as_secs_f64();
-        let val_ll = mean(&log_probs(&model.nice, val)?);
+        let val_ll = mean(&log_probs(&state.model.nice, val)?);
         if !val_ll.is_finite() {
             return Err(TrainError::Diverged(epoch));
         }
         let record = EpochRecord {
             epoch,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: before + started.elapsed().as_secs_f64(),
             train_log_likelihood: ll_sum / rows_seen.max(1) as f64,
             val_log_likelihood: val_ll,
             val_bits_per_dim: bits_per_dim(val_ll, dim, train.eight_bit),
             rows_per_second: rows_seen as f64 / train_seconds.max(1e-9),
         };
-        if best.as_ref().is_none_or(|(b, _, _)| val_ll > *b) {
-            best = Some((val_ll, epoch, snapshot(&model)));
-            stale = 0;
+        let p = &mut state.progress;
+        if p.best.is_none_or(|(b, _)| val_ll > b) {
+            p.best = Some((val_ll, epoch));
+            p.stale = 0;
+            state.best_weights = snapshot(&state.model);
         } else {
-            stale += 1;
+            p.stale += 1;
         }
-        let best_val = best.as_ref().map_or(val_ll, |b| b.0);
+        p.epochs_done = epoch;
+        p.steps = state.adam.steps();
+        p.history.push(record.clone());
+        let best_val = p.best.map_or(val_ll, |b| b.0);
+        let stop = p.stale >= cfg.patience;
         observer.on_epoch(&record, best_val);
-        observer.on_checkpoint(&mut model);
-        history.push(record);
-        if stale >= cfg.patience || out_of_time(&started) {
+        observer.on_checkpoint(&mut state);
+        if stop {
             break;
         }
     }
 
-    let (best_val, best_epoch, weights) = best.ok_or_else(|| TrainError::Config("no epoch ran".into()))?;
-    restore(&model, &weights);
+    let TrainState { mut model, best_weights, progress, .. } = state;
+    let (best_val, best_epoch) = progress.best.ok_or_else(|| TrainError::Config("no epoch ran".into()))?;
+    restore(&model, &best_weights);
     let val_lp = log_probs(&model.nice, val)?;
     let calibration = Calibration::from_log_probs(&val_lp, cfg.threshold_quantile)
         .map_err(|e| TrainError::Data(format!("calibration: {e}")))?;
@@ -157,16 +280,16 @@ pub fn train(
         data: train.source.clone(),
         train_rows: train.n,
         val_rows: val.n,
-        epochs: history.len(),
+        epochs: progress.history.len(),
         best_epoch,
-        wall_seconds: started.elapsed().as_secs_f64(),
+        wall_seconds: before + started.elapsed().as_secs_f64(),
         val_log_likelihood: best_val,
         val_bits_per_dim: bits_per_dim(best_val, dim, train.eight_bit),
         test_rows: test.map(|t| t.n),
         test_log_likelihood: test_ll,
         test_bits_per_dim: test_ll.map(|ll| bits_per_dim(ll, dim, train.eight_bit)),
         recipe: serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null),
-        history,
+        history: progress.history,
     });
     Ok(model)
 }
