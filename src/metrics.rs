@@ -34,6 +34,8 @@ pub struct MetricSet {
     pub admitted: IntGauge,
     pub connections_open: IntGauge,
     pub connections_refused: IntCounter,
+    pub inference_threads: IntGauge,
+    pub inference_restarts: IntCounter,
     pub model_info: IntGaugeVec,
     pub scored_bits_per_dim: Histogram,
     pub anomalies: IntCounter,
@@ -139,6 +141,14 @@ impl MetricSet {
             connections_refused: counter(
                 "flowscore_connections_refused_total",
                 "Connections answered 503 and closed because --max-connections were open.",
+            ),
+            inference_threads: gauge(
+                "flowscore_inference_threads_ready",
+                "Inference threads holding a model and taking jobs (/ready needs all of them).",
+            ),
+            inference_restarts: counter(
+                "flowscore_inference_restarts_total",
+                "Times an inference thread panicked and reloaded the live model.",
             ),
             model_info,
             scored_bits_per_dim: hist(

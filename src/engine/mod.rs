@@ -10,7 +10,7 @@ use crate::store::{self, ModelCard};
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Sender, TrySendError};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -132,14 +132,28 @@ pub(crate) struct Job {
 }
 
 pub(crate) enum Control {
-    Swap { info: Arc<ModelInfo>, done: std::sync::mpsc::Sender<Result<(), EngineError>> },
+    Swap {
+        info: Arc<ModelInfo>,
+        done: std::sync::mpsc::Sender<Result<(), EngineError>>,
+    },
+    /// Makes the inference thread panic outside a batch, so tests can watch it recover.
+    #[cfg(test)]
+    Panic,
+}
+
+/// What the inference threads tell the engine, and read from it.
+pub(crate) struct Health {
+    /// Inference threads holding a model and taking jobs.
+    alive: AtomicUsize,
+    /// The live model: what a restarted thread loads.
+    info: ArcSwap<ModelInfo>,
 }
 
 struct Shared {
-    info: ArcSwap<ModelInfo>,
     ready: AtomicBool,
     generation: AtomicU64,
     metrics: Metrics,
+    health: Arc<Health>,
 }
 
 /// Loads `dir` in full (hash, shapes, finite weights) and returns its card, on a thread of its
@@ -176,26 +190,33 @@ impl Engine {
         let card = validate(dir)?;
         metrics.set_model(&card.name, &card.version);
         let info = Arc::new(ModelInfo { card, dir: dir.to_path_buf(), generation: 0 });
-        let shared = Arc::new(Shared {
-            info: ArcSwap::new(info.clone()),
-            ready: AtomicBool::new(false),
-            generation: AtomicU64::new(0),
-            metrics,
-        });
+        let health = Arc::new(Health { alive: AtomicUsize::new(0), info: ArcSwap::new(info.clone()) });
+        let shared = Arc::new(Shared { ready: AtomicBool::new(false), generation: AtomicU64::new(0), metrics, health });
         let (jobs, job_rx) = crossbeam_channel::bounded(config.queue_depth.max(1));
         let config = Arc::new(config);
-        let (controls, threads) = worker::spawn(&config, info, job_rx, shared.metrics.clone())?;
+        let (controls, threads) = worker::spawn(&config, info, job_rx, shared.metrics.clone(), shared.health.clone())?;
         shared.ready.store(true, Ordering::SeqCst);
         Ok(Engine { jobs, controls: Arc::new(controls), shared, config, _threads: Arc::new(threads) })
     }
 
     /// The live model.
     pub fn info(&self) -> Arc<ModelInfo> {
-        self.shared.info.load_full()
+        self.shared.health.info.load_full()
     }
 
+    /// Every inference thread holds a model and takes jobs. False while one reloads after a
+    /// panic (it restarts itself), and until start-up has finished.
     pub fn is_ready(&self) -> bool {
         self.shared.ready.load(Ordering::SeqCst)
+            && self.shared.health.alive.load(Ordering::SeqCst) == self.config.workers.max(1)
+    }
+
+    /// Makes every inference thread panic once, outside a batch.
+    #[cfg(test)]
+    pub(crate) fn inject_panic(&self) {
+        for c in self.controls.iter() {
+            let _ = c.send(Control::Panic);
+        }
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -258,9 +279,76 @@ impl Engine {
         })
         .await
         .map_err(|e| EngineError::Inference(e.to_string()))??;
-        self.shared.info.store(info.clone());
+        self.shared.health.info.store(info.clone());
         self.shared.metrics.set_model(&info.card.name, &info.card.version);
         tracing::info!(name = %info.card.name, version = %info.card.version, dir = %info.dir.display(), "model swapped");
         Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{router, AppState, Limits};
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    fn write_model(dir: &Path) {
+        let arch = crate::flow::Architecture { dim: 3, couplings: 2, hidden_layers: 1, hidden_units: 8 };
+        let input = store::InputSpec { shape: vec![3], eight_bit: false };
+        let card =
+            ModelCard::new("restart", arch, crate::flow::Prior::Logistic, crate::flow::Preprocess::Identity, input);
+        let mut model = store::Model::new(card, tch::Device::Cpu).expect("model");
+        store::save(&mut model, dir, false).expect("save");
+    }
+
+    async fn ready_status(state: &AppState) -> StatusCode {
+        let request = Request::get("/ready").body(Body::empty()).expect("request");
+        router(state.clone()).oneshot(request).await.expect("response").status()
+    }
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        for _ in 0..600 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting until {what}");
+    }
+
+    /// An inference thread that dies is restarted: /ready is 503 while it cannot reload the model
+    /// (the folder is gone) and 200 once it has, and it scores again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_inference_thread_restarts_and_readiness_follows() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (dir, away) = (tmp.path().join("model"), tmp.path().join("away"));
+        write_model(&dir);
+        let metrics = Metrics::new();
+        let engine = {
+            let (dir, metrics) = (dir.clone(), metrics.clone());
+            tokio::task::spawn_blocking(move || Engine::start(&dir, EngineConfig::default(), metrics))
+                .await
+                .expect("join")
+                .expect("engine")
+        };
+        let state = AppState::new(engine.clone(), metrics.clone(), Limits::default());
+        assert_eq!(ready_status(&state).await, StatusCode::OK);
+        std::fs::rename(&dir, &away).expect("move the model away");
+        engine.inject_panic();
+        until("the thread is down", || !engine.is_ready()).await;
+        assert_eq!(ready_status(&state).await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(metrics.inference_restarts.get(), 1);
+        assert_eq!(metrics.inference_threads.get(), 0);
+        std::fs::rename(&away, &dir).expect("bring the model back");
+        until("the thread has reloaded", || engine.is_ready()).await;
+        assert_eq!(ready_status(&state).await, StatusCode::OK);
+        assert_eq!(metrics.inference_threads.get(), 1);
+        let scored = engine.submit(Task::LogProb { rows: vec![0.1, 0.2, 0.3] }).await.expect("scores again");
+        assert!(matches!(scored.output, Output::LogProb(ref lp) if lp.len() == 1 && lp[0].is_finite()));
+        // Once shutdown begins, /ready turns 503 for health checks on open connections.
+        state.draining.store(true, Ordering::SeqCst);
+        assert_eq!(ready_status(&state).await, StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -1,14 +1,15 @@
 //! Inference threads. Each owns one copy of the model (tch tensors are !Sync), runs with grad
 //! mode off, merges queued requests of the same kind into one forward pass, and swaps models
 //! when told to, loading the new weights itself.
-use super::{Control, EngineConfig, EngineError, Job, ModelInfo, Output, Scored, Task};
+use super::{Control, EngineConfig, EngineError, Health, Job, ModelInfo, Output, Scored, Task};
 use crate::metrics::Metrics;
 use crate::store::{self, Model};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
 
 /// Joins the inference threads when the last engine handle is dropped (after the job queue has
@@ -28,6 +29,7 @@ pub(super) fn spawn(
     info: Arc<ModelInfo>,
     jobs: Receiver<Job>,
     metrics: Metrics,
+    health: Arc<Health>,
 ) -> Result<(Vec<Sender<Control>>, Threads), EngineError> {
     let mut controls = Vec::new();
     let mut handles = Vec::new();
@@ -35,7 +37,13 @@ pub(super) fn spawn(
     for id in 0..config.workers.max(1) {
         let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let worker = Worker { config: config.clone(), metrics: metrics.clone(), jobs: jobs.clone(), controls: ctl_rx };
+        let worker = Worker {
+            config: config.clone(),
+            metrics: metrics.clone(),
+            jobs: jobs.clone(),
+            controls: ctl_rx,
+            health: health.clone(),
+        };
         let info = info.clone();
         let handle = std::thread::Builder::new()
             .name(format!("flowscore-infer-{id}"))
@@ -57,6 +65,7 @@ struct Worker {
     metrics: Metrics,
     jobs: Receiver<Job>,
     controls: Receiver<Control>,
+    health: Arc<Health>,
 }
 
 struct Live {
@@ -95,7 +104,60 @@ impl Worker {
                 return;
             }
         };
+        self.set_alive(1);
         let _ = ready.send(Ok(()));
+        // A panic here (a batch's own are caught in `run_batch`) takes the thread's state down;
+        // the thread reloads the live model and goes on, not ready meanwhile.
+        while catch_unwind(AssertUnwindSafe(|| self.serve(&mut live))).is_err() {
+            self.set_alive(-1);
+            self.metrics.inference_restarts.inc();
+            tracing::error!("an inference thread panicked; reloading the live model");
+            match self.reload() {
+                Some(fresh) => live = fresh,
+                None => return, // the engine stopped meanwhile
+            }
+            self.set_alive(1);
+            tracing::info!("the inference thread is serving again");
+        }
+        self.set_alive(-1);
+    }
+
+    /// Counts this thread in (+1) or out (−1) of the ones taking jobs.
+    fn set_alive(&self, delta: isize) {
+        let alive = if delta > 0 {
+            self.health.alive.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            self.health.alive.fetch_sub(1, Ordering::SeqCst) - 1
+        };
+        self.metrics.inference_threads.set(alive as i64);
+    }
+
+    /// Loads the live model again, retrying with backoff while it fails; None once the engine has
+    /// stopped.
+    fn reload(&self) -> Option<Live> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match Live::load(self.health.info.load_full(), &self.config) {
+                Ok(live) => return Some(live),
+                Err(e) => tracing::error!(error = %e, retry_in = ?backoff, "reloading the live model failed"),
+            }
+            // Waits on the control channel, which closes when the engine stops.
+            match self.controls.recv_timeout(backoff) {
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return None,
+                Ok(Control::Swap { done, .. }) => {
+                    let _ = done.send(Err(EngineError::Inference("the inference thread is restarting".into())));
+                }
+                #[cfg(test)]
+                Ok(Control::Panic) | Err(_) => {}
+                #[cfg(not(test))]
+                Err(_) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Batches jobs until the queue closes.
+    fn serve(&self, live: &mut Live) {
         let mut pending: Option<Job> = None;
         // Requests the last batch merged: about as many are expected in the next (see `gather`).
         let mut expect = 1;
@@ -105,13 +167,13 @@ impl Worker {
                 None => crossbeam_channel::select! {
                     recv(self.controls) -> c => {
                         if let Ok(c) = c {
-                            self.control(c, &mut live);
+                            self.control(c, live);
                         }
                         continue;
                     }
                     recv(self.jobs) -> job => match job {
                         Ok(job) => job,
-                        Err(_) => break,
+                        Err(_) => return,
                     },
                 },
             };
@@ -119,16 +181,20 @@ impl Worker {
             expect = batch.len();
             pending = next;
             self.metrics.queue_depth.set(self.jobs.len() as i64);
-            self.run_batch(&live, batch);
+            self.run_batch(live, batch);
         }
     }
 
     fn control(&self, c: Control, live: &mut Live) {
         match c {
             Control::Swap { info, done } => {
-                let result = Live::load(info, &self.config).map(|new| *live = new);
+                let result = catch_unwind(AssertUnwindSafe(|| Live::load(info, &self.config)))
+                    .unwrap_or_else(|_| Err(EngineError::Inference("loading the model panicked".into())))
+                    .map(|new| *live = new);
                 let _ = done.send(result);
             }
+            #[cfg(test)]
+            Control::Panic => panic!("an inference thread was told to panic (test)"),
         }
     }
 
@@ -332,7 +398,18 @@ mod tests {
         let (tx, jobs) = crossbeam_channel::unbounded();
         let (_, controls) = crossbeam_channel::unbounded();
         let config = Arc::new(EngineConfig { max_wait, max_batch_rows, ..EngineConfig::default() });
-        (Worker { config, metrics: Metrics::new(), jobs, controls }, tx)
+        let arch = crate::flow::Architecture { dim: 2, couplings: 1, hidden_layers: 1, hidden_units: 2 };
+        let input = crate::store::InputSpec { shape: vec![2], eight_bit: false };
+        let card = crate::store::ModelCard::new(
+            "t",
+            arch,
+            crate::flow::Prior::Logistic,
+            crate::flow::Preprocess::Identity,
+            input,
+        );
+        let info = ModelInfo { card, dir: "unused".into(), generation: 0 };
+        let health = Arc::new(Health { alive: Default::default(), info: arc_swap::ArcSwap::from_pointee(info) });
+        (Worker { config, metrics: Metrics::new(), jobs, controls, health }, tx)
     }
 
     /// Sends `n` one-row jobs after `delay`, from another thread.

@@ -452,14 +452,18 @@ pub async fn health() -> Json<serde_json::Value> {
 }
 
 #[utoipa::path(get, path = "/ready", tag = "service",
-    responses((status = 200, description = "a model is loaded and warmed up"), (status = 503, body = ErrorBody)))]
+    responses((status = 200, description = "every inference thread holds the live model"),
+        (status = 503, description = "starting, an inference thread is reloading after a fault, or shutting down", body = ErrorBody)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    if state.engine.is_ready() {
-        let info = state.engine.info();
-        Json(serde_json::json!({"status": "ready", "model": model_ref(&info)})).into_response()
+    let not_ready = if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        "not ready: shutting down"
+    } else if !state.engine.is_ready() {
+        "not ready: an inference thread is (re)loading the model"
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error: "not ready".into() })).into_response()
-    }
+        let info = state.engine.info();
+        return Json(serde_json::json!({"status": "ready", "model": model_ref(&info)})).into_response();
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error: not_ready.into() })).into_response()
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "service", responses((status = 200, description = "Prometheus text format")))]

@@ -1,13 +1,14 @@
 //! The accept loop: bounded time for a client to send its headers, a cap on open connections,
 //! and a graceful drain at shutdown. Written out (not `axum::serve`) because axum's own loop has
-//! neither a header read timeout nor a connection cap.
+//! neither a header read timeout nor a connection cap. HTTP/1.1 only: hyper's protocol sniffing
+//! for HTTP/2 waits for a first byte with no time limit, which is the very hole closed here.
 use super::Limits;
 use crate::metrics::Metrics;
 use axum::extract::Request;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
@@ -34,12 +35,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     // The timer starts when the server waits for a request's headers, so it also closes a
     // connection that never sends any, or idles that long between keep-alive requests.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -62,7 +61,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let service =
             TowerToHyperService::new(router.clone().map_request(|r: Request<Incoming>| r.map(axum::body::Body::new)));
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         let metrics = metrics.clone();
         metrics.connections_open.inc();
