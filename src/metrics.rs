@@ -32,6 +32,7 @@ pub struct MetricSet {
     pub in_flight: IntGauge,
     pub rejected: IntCounter,
     pub admitted: IntGauge,
+    pub dropped: IntCounter,
     pub connections_open: IntGauge,
     pub connections_refused: IntCounter,
     pub inference_threads: IntGauge,
@@ -136,6 +137,10 @@ impl MetricSet {
             admitted: gauge(
                 "flowscore_admitted_requests",
                 "Scoring requests admitted and not yet answered (reading, queued or computing).",
+            ),
+            dropped: counter(
+                "flowscore_dropped_total",
+                "Queued requests skipped because their client had gone or their time limit had passed.",
             ),
             connections_open: gauge("flowscore_connections_open", "Open client connections."),
             connections_refused: counter(

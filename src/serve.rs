@@ -79,6 +79,10 @@ pub struct ServeArgs {
     /// `--queue-depth` requests it bounds the work admitted before a body is read (503 beyond).
     #[arg(long, env = "FLOWSCORE_MAX_INFLIGHT_MB", default_value_t = 1024)]
     pub max_inflight_mb: usize,
+    /// How long a scoring request that finds admission full waits for room, its body unread,
+    /// before its 503, milliseconds (0: refuse at once).
+    #[arg(long, env = "FLOWSCORE_ADMISSION_WAIT_MS", default_value_t = 5000)]
+    pub admission_wait_ms: u64,
     /// At shutdown, how long open connections and a training job may take to stop, milliseconds.
     #[arg(long, env = "FLOWSCORE_DRAIN_TIMEOUT_MS", default_value_t = 20_000)]
     pub drain_timeout_ms: u64,
@@ -132,6 +136,7 @@ impl ServeArgs {
             body_read_timeout: Duration::from_millis(self.body_timeout_ms.max(1)),
             max_connections: self.max_connections.max(1),
             max_inflight_bytes: self.max_inflight_mb.max(1).saturating_mul(1 << 20),
+            admission_wait: Duration::from_millis(self.admission_wait_ms),
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
         }
     }

@@ -239,7 +239,9 @@ impl Worker {
         for job in batch {
             self.metrics.queue_wait_seconds.observe(job.enqueued.elapsed().as_secs_f64());
             if job.reply.is_closed() {
-                continue; // the client is gone (timed out or disconnected)
+                // The client is gone (disconnected, or its time limit passed): skip its rows.
+                self.metrics.dropped.inc();
+                continue;
             }
             if !job.fits(dim) {
                 let _ = job.reply.send(Err(EngineError::ModelChanged { expected: dim }));

@@ -1,8 +1,10 @@
 //! Admission control before any body is read: a scoring request holds one of a bounded number of
 //! slots and its declared body size from a bounded byte budget, from its headers until its
-//! response. A request that finds either exhausted is refused at once with 503, its body unread,
-//! so an overloaded server spends nothing on work it will not do (reading and parsing refused
-//! bodies had cut the served rate to 28–32% under overload; docs/architecture.md).
+//! response. A request that finds either exhausted waits for them, its body unread, in arrival
+//! order, for at most the admission wait, and is then refused with 503. Reading and parsing the
+//! bodies of requests that are then refused had cut the served rate to 28–32% under overload;
+//! refusing at once instead let clients that retry straight away resend their bodies thousands
+//! of times a second (docs/architecture.md has both measurements).
 use super::error::ApiError;
 use super::AppState;
 use crate::engine::EngineError;
@@ -11,6 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The byte budget is counted in KiB, so that a u32 permit count covers any body size.
@@ -57,6 +60,23 @@ impl Admission {
         Some(Admitted { _slot: slot, _bytes: bytes })
     }
 
+    /// `try_admit`, or else waits up to `wait` for room, first come first served.
+    pub async fn admit(&self, bytes: usize, wait: Duration) -> Option<Admitted> {
+        if let Some(admitted) = self.try_admit(bytes) {
+            return Some(admitted);
+        }
+        let units = u32::try_from(bytes.div_ceil(UNIT).min(self.kib_count)).unwrap_or(u32::MAX);
+        let acquire = async {
+            let slot = self.slots.clone().acquire_owned().await.ok()?;
+            let bytes = match units {
+                0 => None,
+                n => Some(self.kib.clone().acquire_many_owned(n).await.ok()?),
+            };
+            Some(Admitted { _slot: slot, _bytes: bytes })
+        };
+        tokio::time::timeout(wait, acquire).await.ok().flatten()
+    }
+
     /// Requests admitted right now.
     pub fn in_use(&self) -> usize {
         self.slot_count - self.slots.available_permits()
@@ -68,9 +88,9 @@ pub fn declared_length(headers: &HeaderMap) -> Option<usize> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
-/// Middleware on the scoring routes: 413 at once for a declared body over the limit, 503 at once
-/// when admission is full; either way the body is not read and the connection is closed after
-/// the answer (its unread body would otherwise be parsed as the next request).
+/// Middleware on the scoring routes: 413 at once for a declared body over the limit, 503 when no
+/// room came within the admission wait; either way the body is not read and the connection is
+/// closed after the answer (its unread body would otherwise be parsed as the next request).
 pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let max_body = state.limits.max_body_bytes;
     let declared = declared_length(req.headers());
@@ -79,7 +99,8 @@ pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> R
         return closing(e.into_response());
     }
     // A chunked body may grow to the limit: it reserves that much.
-    let Some(admitted) = state.admission.try_admit(declared.unwrap_or(max_body)) else {
+    let wait = state.limits.admission_wait;
+    let Some(admitted) = state.admission.admit(declared.unwrap_or(max_body), wait).await else {
         state.metrics.rejected.inc();
         return closing(ApiError::Engine(EngineError::Overloaded).into_response());
     };
@@ -111,6 +132,20 @@ mod tests {
         assert!(a.try_admit(6 * UNIT).is_some(), "released on drop");
         drop(second);
         assert_eq!(a.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_is_admitted_when_room_frees_up_or_refused_after_the_wait() {
+        let a = Admission::new(1, 10 * UNIT);
+        let held = a.try_admit(UNIT).expect("room");
+        assert!(a.admit(UNIT, Duration::from_millis(50)).await.is_none(), "refused after the wait");
+        let waiter = {
+            let a = a.clone();
+            tokio::spawn(async move { a.admit(UNIT, Duration::from_secs(3600)).await.is_some() })
+        };
+        tokio::task::yield_now().await;
+        drop(held);
+        assert!(waiter.await.expect("join"), "admitted once the slot was freed");
     }
 
     #[test]

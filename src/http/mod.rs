@@ -47,6 +47,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Declared body bytes that admitted scoring requests may hold at once.
     pub max_inflight_bytes: usize,
+    /// How long a scoring request may wait for admission (body unread) before its 503.
+    pub admission_wait: Duration,
     /// At shutdown, how long open connections may take to finish their requests.
     pub drain_timeout: Duration,
 }
@@ -63,6 +65,7 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(30),
             max_connections: 2048,
             max_inflight_bytes: 1 << 30,
+            admission_wait: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(20),
         }
     }
