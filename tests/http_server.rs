@@ -20,12 +20,16 @@ struct Server {
 }
 
 async fn start(dir: &Path, config: EngineConfig) -> Server {
+    start_with(dir, config, Limits::default()).await
+}
+
+async fn start_with(dir: &Path, config: EngineConfig, limits: Limits) -> Server {
     let metrics = Metrics::new();
     let engine = {
         let (dir, metrics) = (dir.to_path_buf(), metrics.clone());
         tokio::task::spawn_blocking(move || Engine::start(&dir, config, metrics)).await.unwrap().unwrap()
     };
-    let state = AppState::new(engine, metrics.clone(), Limits::default());
+    let state = AppState::new(engine, metrics.clone(), limits);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -121,12 +125,13 @@ fn inpaint_body(dim: usize, steps: usize) -> serde_json::Value {
     serde_json::json!({"inputs": vec![row; 64], "mask": vec![mask; 64], "steps": steps})
 }
 
+/// With no admission wait, a full server refuses at once; the refused requests leave it healthy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overfull_queue_answers_503_at_once_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = model_dir(tmp.path(), 64, 256);
     let config = EngineConfig { queue_depth: 1, ..EngineConfig::default() };
-    let server = start(&dir, config).await;
+    let server = start_with(&dir, config, Limits { admission_wait: Duration::ZERO, ..Limits::default() }).await;
     let client = reqwest::Client::new();
     let url = format!("http://{}/inpaint", server.addr);
     let body = inpaint_body(64, 200);
