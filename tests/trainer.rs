@@ -181,7 +181,7 @@ async fn bad_datasets_are_refused_with_a_reason() {
     std::fs::write(tmp.path().join("secret.csv"), "x,y,z\n1,2,3\n").unwrap();
     let s = start(&models, &data, Some(TOKEN)).await;
     for (dataset, status, needle) in [
-        (json!({"path": "missing.csv"}), 400, "missing.csv"),
+        (json!({"path": "missing.csv"}), 404, "no dataset `missing.csv`"),
         (json!({"path": "../secret.csv"}), 403, "outside"),
         (json!({"path": "/etc/passwd"}), 403, "outside"),
         (json!({"path": "text.csv"}), 400, "abc"),
@@ -194,15 +194,21 @@ async fn bad_datasets_are_refused_with_a_reason() {
     let (got, body) = s.post("/train", json!({"inputs": [[1.0, 2.0, 3.0]], "config": {"epochz": 3}})).await;
     assert_eq!(got, 400);
     assert!(body["error"].as_str().unwrap().contains("epochz"));
-    let (got, body) = s.post("/train", json!({"inputs": [[1.0, 2.0], [1.0, 2.0]], "promote": "always"})).await;
+    let (got, body) = s.post("/train", json!({"inputs": [[1.0, 2.0], [1.0, 2.0]]})).await;
     assert_eq!(got, 400, "{body}");
-    // Uploaded rows of the wrong width under `better`: trained, but not promoted.
+    assert!(body["error"].as_str().unwrap().contains("at least 3 rows"), "{body}");
+    // No message names a folder of the server.
+    assert!(!body.to_string().contains(tmp.path().to_str().unwrap()), "{body}");
+    // Uploaded rows of the wrong width: trained, but never promoted, whatever the policy.
     let rows: Vec<Vec<f64>> = (0..200).map(|i| vec![i as f64 / 10.0, (i % 7) as f64]).collect();
-    let (got, job) = s.post("/train", json!({"inputs": rows, "name": "other", "config": small(2)})).await;
-    assert_eq!(got, 202, "{job}");
-    let job = s.wait_done(job["id"].as_str().unwrap(), Duration::from_secs(60)).await;
-    assert_eq!(job["promoted"], false);
-    assert!(job["promotion_reason"].as_str().unwrap().contains("not comparable"), "{job}");
+    for (promote, reason) in [("better", "not comparable"), ("always", "takes 2 values per row")] {
+        let body = json!({"inputs": rows, "name": "other", "config": small(2), "promote": promote});
+        let (got, job) = s.post("/train", body).await;
+        assert_eq!(got, 202, "{job}");
+        let job = s.wait_done(job["id"].as_str().unwrap(), Duration::from_secs(60)).await;
+        assert_eq!(job["promoted"], false);
+        assert!(job["promotion_reason"].as_str().unwrap().contains(reason), "{job}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -263,6 +263,10 @@ impl Dataset {
         if self.n >= 2 && frac > 0.0 {
             n_val = n_val.max(1);
         }
+        // Training needs two rows: from three rows on, the split leaves them.
+        if self.n >= 3 {
+            n_val = n_val.min(self.n - 2);
+        }
         let mut order: Vec<usize> = (0..self.n).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
         let (val_idx, train_idx) = order.split_at_mut(n_val);
@@ -375,7 +379,9 @@ mod tests {
         // Small fractions still give one validation row; zero gives none.
         assert_eq!(d.split(0.01, 1).1.n, 1);
         assert_eq!(d.split(0.0, 1).1.n, 0);
-        assert_eq!(d.split(1.0, 1).1.n, 10);
+        // However large the fraction, two rows stay to train on.
+        assert_eq!(d.split(1.0, 1).1.n, 8);
+        assert_eq!(d.split(0.99, 1).0.n, 2);
         assert_eq!(d.select(&[0]).split(0.5, 1).1.n, 1);
     }
 

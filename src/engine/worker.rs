@@ -333,7 +333,8 @@ fn compute(model: &Model, jobs: &[Job], dim: usize) -> Result<Vec<Output>, Engin
                 Task::LogProb { rows } => rows,
                 _ => &[],
             })?;
-            let lp: Vec<f64> = to_vec(&model.nice.log_prob(&x).map_err(flow_err)?)?;
+            let mut lp: Vec<f64> = to_vec(&model.nice.log_prob(&x).map_err(flow_err)?)?;
+            rescore_in_f64(model, &x, &mut lp)?;
             Ok(split(lp, &counts, 1).into_iter().map(Output::LogProb).collect())
         }
         Task::Encode { .. } => {
@@ -369,6 +370,23 @@ fn compute(model: &Model, jobs: &[Job], dim: usize) -> Result<Vec<Output>, Engin
             Ok(vec![Output::Rows(to_vec(&out)?)])
         }
     }
+}
+
+/// Rows whose float32 log-density overflowed (inputs far outside the training data) are scored
+/// again in float64, on a float64 copy of the model made for the purpose: every finite input gets
+/// its finite log-density, not an error.
+fn rescore_in_f64(model: &Model, x: &Tensor, lp: &mut [f64]) -> Result<(), EngineError> {
+    let bad: Vec<i64> = lp.iter().enumerate().filter(|(_, v)| !v.is_finite()).map(|(i, _)| i as i64).collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let wide = model.to_double().map_err(|e| EngineError::Inference(e.to_string()))?;
+    let rows = x.index_select(0, &Tensor::from_slice(&bad)).to_kind(tch::Kind::Double);
+    let again: Vec<f64> = to_vec(&wide.nice.log_prob(&rows).map_err(|e| EngineError::Inference(e.to_string()))?)?;
+    for (i, v) in bad.into_iter().zip(again) {
+        lp[i as usize] = v;
+    }
+    Ok(())
 }
 
 fn split<T>(mut all: Vec<T>, counts: &[usize], width: usize) -> Vec<Vec<T>> {

@@ -1,6 +1,6 @@
 //! Admin routes (bearer token): training jobs and model activation. Mounted only when a token
 //! is configured. Also the public model listing.
-use super::body::{parse_json, parse_npy, Body, Matrix};
+use super::body::{parse_json_integral, parse_npy, Body, Matrix};
 use super::error::{ApiError, ErrorBody};
 use super::handlers::AppQuery;
 use super::AppState;
@@ -25,7 +25,7 @@ impl From<JobError> for ApiError {
             }
             JobError::BadRequest(m) => ApiError::BadRequest(m),
             JobError::Forbidden(m) => ApiError::Forbidden(m),
-            JobError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            JobError::NotFound(_) | JobError::DatasetMissing(_) => ApiError::NotFound(e.to_string()),
         }
     }
 }
@@ -65,6 +65,7 @@ pub struct TrainRequest {
 
 /// For NPY uploads, where the body is the rows.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TrainQuery {
     pub name: Option<String>,
     pub promote: Option<Promotion>,
@@ -96,6 +97,7 @@ fn merge_config(overrides: Option<serde_json::Value>) -> Result<TrainConfig, Api
 #[utoipa::path(post, path = "/train", tag = "admin", params(TrainQuery),
     request_body(content((TrainRequest = "application/json"), (Vec<u8> = "application/x-npy"))),
     responses((status = 202, description = "job accepted", body = JobStatus), (status = 400, body = ErrorBody),
+        (status = 404, description = "no such dataset in the server's data folder", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, description = "a job is already queued or running", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -107,7 +109,7 @@ pub async fn start_training(
     let jobs = state.jobs.clone().ok_or_else(|| ApiError::NotFound("training is not enabled".into()))?;
     let (request, rows) = match body {
         Body::Json(b) => {
-            let mut r = parse_json::<TrainRequest>(&b)?;
+            let mut r = parse_json_integral::<TrainRequest>(&b)?;
             let rows = r.inputs.take();
             (r, rows)
         }
@@ -139,6 +141,12 @@ pub async fn start_training(
         (Some(_), Some(_)) => return Err(ApiError::BadRequest("give either `dataset` or `inputs`, not both".into())),
         (None, None) => return Err(ApiError::BadRequest("missing training data: `dataset.path` or `inputs`".into())),
         (Some(m), None) => {
+            if m.rows < 3 || m.cols < 2 {
+                return Err(ApiError::BadRequest(format!(
+                    "{} uploaded rows of {} values: training needs at least 3 rows (2 to train on, 1 to validate) of at least 2 values",
+                    m.rows, m.cols
+                )));
+            }
             if m.rows > state.limits.max_upload_rows {
                 return Err(ApiError::PayloadTooLarge(format!(
                     "{} uploaded rows; the limit is {} (put larger data in the data folder)",
@@ -159,13 +167,6 @@ pub async fn start_training(
             (ds, described, DataSource::File(file))
         }
     };
-    if promote == Promotion::Always && data.dim != state.engine.info().dim() {
-        return Err(ApiError::BadRequest(format!(
-            "the data has {} columns but the live model takes {}; `promote: always` would break its clients (use `never` or `better`)",
-            data.dim,
-            state.engine.info().dim()
-        )));
-    }
     let spec = JobSpec { name, dataset: described, source, promote, config };
     let status = jobs.submit(spec, data)?;
     Ok((StatusCode::ACCEPTED, Json(status)).into_response())
@@ -236,12 +237,18 @@ pub async fn activate(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = ModelId { name, version };
-    let dir = state.registry.dir(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    if !dir.join(crate::store::CARD_FILE).exists() {
+    // A name that cannot exist is simply not there; no message names a server folder.
+    let dir = state.registry.dir(&id).ok().filter(|d| d.join(crate::store::CARD_FILE).exists());
+    let Some(dir) = dir else {
         return Err(ApiError::NotFound(format!("no model {id}")));
-    }
+    };
     let info = state.engine.swap(&dir).await.map_err(|e| match e {
-        crate::engine::EngineError::Store(s) => ApiError::Conflict(format!("model {id} cannot be loaded: {s}")),
+        crate::engine::EngineError::Store(s) => {
+            tracing::warn!(model = %id, error = %s, "activation refused: the model folder failed validation");
+            ApiError::Conflict(format!(
+                "model {id} cannot be loaded: its folder failed validation (the server log says why)"
+            ))
+        }
         other => ApiError::Engine(other),
     })?;
     state.metrics.swaps.inc();

@@ -113,7 +113,8 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
         let mut n = 0;
         while let Some(v) = seq.next_element::<f64>()? {
             let f = v as f32;
-            if !f.is_finite() {
+            // Beyond ±f32::MAX (even by less than the rounding to float32) is out of range.
+            if !f.is_finite() || v.abs() > f32::MAX as f64 {
                 return Err(de::Error::custom(format!(
                     "row {} column {n}: {v} is outside the float32 range",
                     self.row
@@ -187,6 +188,30 @@ fn content_kind(headers: &HeaderMap) -> Result<bool, ApiError> {
 /// Parses a JSON body into `T`, with serde's message (which names the field and position).
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+/// `parse_json` for the small bodies with integer fields (training, inpainting): JSON has one
+/// number type, so `210.0` is taken as the integer 210 wherever an integer is expected.
+pub fn parse_json_integral<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut value: serde_json::Value = parse_json(bytes)?;
+    integral(&mut value);
+    serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+/// Whole floats (within the range integers are exact in) become integers, everywhere in `v`.
+pub fn integral(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 {
+                *v = if f < 0.0 { Value::from(f as i64) } else { Value::from(f as u64) };
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral),
+        Value::Object(fields) => fields.values_mut().for_each(integral),
+        _ => {}
+    }
 }
 
 /// Parses an NPY body into rows.

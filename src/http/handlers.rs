@@ -1,5 +1,5 @@
 //! Route handlers: validate and convert DTOs, call the engine, shape the response. No tensors.
-use super::body::{npy_response, parse_json, parse_npy, wants_npy, Body, Matrix, RowsOut};
+use super::body::{npy_response, parse_json, parse_json_integral, parse_npy, wants_npy, Body, Matrix, RowsOut};
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::engine::{ModelInfo, Output, Scored, Task};
@@ -46,6 +46,7 @@ pub struct ScoreRequest {
 }
 
 #[derive(Deserialize, ToSchema, IntoParams, Default)]
+#[into_params(parameter_in = Query)]
 pub struct ThresholdQuery {
     /// Flag rows whose log_prob is below this (nats).
     pub threshold: Option<f64>,
@@ -79,6 +80,7 @@ pub struct InpaintRequest {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SampleQuery {
     /// Number of samples (default 16).
     pub n: Option<i64>,
@@ -234,6 +236,7 @@ pub async fn score(
     let (m, policy) = match body {
         Body::Json(b) => {
             let r = parse_json::<ScoreRequest>(&b)?;
+            check_policy(&query)?;
             // The body's policy wins; the query string fills in what the body leaves out.
             let policy = match (r.threshold, r.contamination) {
                 (None, None) => query,
@@ -261,21 +264,26 @@ pub async fn score(
     Ok(with_model(Json(response).into_response(), &model))
 }
 
-fn resolve_threshold(info: &ModelInfo, policy: &ThresholdQuery) -> Result<f64, ApiError> {
+/// The values of a threshold policy, wherever it came from.
+fn check_policy(policy: &ThresholdQuery) -> Result<(), ApiError> {
     let bad = |m: &str| Err(ApiError::BadRequest(m.into()));
     match (policy.threshold, policy.contamination) {
         (Some(_), Some(_)) => bad("give either `threshold` or `contamination`, not both"),
         (Some(t), None) if !t.is_finite() => bad("`threshold` must be a finite number"),
-        (Some(t), None) => Ok(t),
-        (None, Some(c)) => {
-            if !(c > 0.0 && c < 1.0) {
-                return bad("`contamination` must be in (0, 1)");
-            }
-            match &info.card.calibration {
-                Some(cal) => cal.quantile(c).map_err(|e| ApiError::BadRequest(e.to_string())),
-                None => bad("this model has no calibration data; pass `threshold`"),
-            }
-        }
+        (None, Some(c)) if !(c > 0.0 && c < 1.0) => bad("`contamination` must be in (0, 1)"),
+        _ => Ok(()),
+    }
+}
+
+fn resolve_threshold(info: &ModelInfo, policy: &ThresholdQuery) -> Result<f64, ApiError> {
+    check_policy(policy)?;
+    let bad = |m: &str| Err(ApiError::BadRequest(m.into()));
+    match (policy.threshold, policy.contamination) {
+        (Some(t), _) => Ok(t),
+        (None, Some(c)) => match &info.card.calibration {
+            Some(cal) => cal.quantile(c).map_err(|e| ApiError::BadRequest(e.to_string())),
+            None => bad("this model has no calibration data; pass `threshold`"),
+        },
         (None, None) => match &info.card.calibration {
             Some(cal) => Ok(cal.threshold),
             None => bad("this model has no calibration data; pass `threshold`"),
@@ -317,6 +325,7 @@ pub async fn decode(State(state): State<AppState>, headers: HeaderMap, body: Bod
         Body::Npy(b) => parse_npy(&b)?,
     };
     m.check("latents", info.dim(), state.limits.max_rows)?;
+    m.check_domain("latents", Some((-super::MAX_LATENT, super::MAX_LATENT)))?;
     let (rows, model) = rows_output(state.engine.submit(Task::Decode { latents: m.data }).await?)?;
     Ok(with_model(rows_response(&headers, &rows, model.dim(), &model, false)?, &model))
 }
@@ -355,8 +364,11 @@ pub async fn sample(
         return Err(ApiError::BadRequest(format!("`n` is {n}; the limit is {}", state.limits.max_samples)));
     }
     let temperature = q.temperature.unwrap_or(1.0);
-    if !(temperature.is_finite() && temperature > 0.0) {
-        return Err(ApiError::BadRequest(format!("`temperature` must be a positive number, got {temperature}")));
+    if !(temperature > 0.0 && temperature <= super::MAX_TEMPERATURE) {
+        return Err(ApiError::BadRequest(format!(
+            "`temperature` must be in (0, {}], got {temperature}",
+            super::MAX_TEMPERATURE
+        )));
     }
     let format = q.format.as_deref().unwrap_or("json");
     let info = state.engine.info();
@@ -389,7 +401,7 @@ pub async fn sample(
 pub async fn inpaint(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let info = state.engine.info();
     let r = match body {
-        Body::Json(b) => parse_json::<InpaintRequest>(&b)?,
+        Body::Json(b) => parse_json_integral::<InpaintRequest>(&b)?,
         Body::Npy(_) => {
             return Err(ApiError::UnsupportedMediaType("/inpaint takes JSON (inputs and mask)".into()));
         }
@@ -423,10 +435,9 @@ pub async fn inpaint(State(state): State<AppState>, headers: HeaderMap, body: Bo
             options.steps, state.limits.max_inpaint_steps
         )));
     }
-    let valid =
-        options.step_size.is_finite() && options.step_size > 0.0 && options.noise.is_finite() && options.noise >= 0.0;
+    let valid = options.step_size > 0.0 && options.step_size <= 1e6 && (0.0..=1e6).contains(&options.noise);
     if !valid {
-        return Err(ApiError::BadRequest("`step_size` must be > 0 and `noise` ≥ 0".into()));
+        return Err(ApiError::BadRequest("`step_size` must be in (0, 1e6] and `noise` in [0, 1e6]".into()));
     }
     let task = Task::Inpaint { rows: r.inputs.data, missing: r.mask.data, options };
     let (rows, model) = rows_output(state.engine.submit(task).await?)?;
@@ -472,9 +483,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, ct)], state.metrics.render()).into_response()
 }
 
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    use utoipa::OpenApi;
-    Json(super::ApiDoc::openapi())
+pub async fn openapi(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(super::openapi::document(&state))
 }
 
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -5,6 +5,7 @@ mod admission;
 mod body;
 mod error;
 mod handlers;
+mod openapi;
 pub mod server;
 
 pub use admission::Admission;
@@ -28,6 +29,13 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
+
+/// Largest `temperature` for /sample: beyond it the samples overflow float32 on most models.
+pub const MAX_TEMPERATURE: f64 = 100.0;
+
+/// Largest latent magnitude /decode takes: the priors put no float32-visible mass beyond it
+/// (density below e^-10000), and decoding far past it overflows float32.
+pub const MAX_LATENT: f64 = 1e4;
 
 /// Limits per request and per connection (the engine has its own queue limits).
 #[derive(Debug, Clone)]

@@ -125,6 +125,8 @@ pub enum JobError {
     Forbidden(String),
     #[error("no training job `{0}`")]
     NotFound(String),
+    #[error("no dataset `{0}` in the server's data folder")]
+    DatasetMissing(String),
     #[error("job {0} has already finished")]
     Finished(String),
     #[error("job {id} is {state}; only an interrupted job can be resumed")]
@@ -247,13 +249,10 @@ impl Jobs {
             return Err(outside());
         }
         let root = self.inner.config.data_dir.canonicalize().map_err(|e| {
-            JobError::BadRequest(format!(
-                "the server's data folder {} is unavailable: {e}",
-                self.inner.config.data_dir.display()
-            ))
+            tracing::warn!(dir = %self.inner.config.data_dir.display(), error = %e, "the data folder is unavailable");
+            JobError::DatasetMissing(path.into())
         })?;
-        let full =
-            root.join(path).canonicalize().map_err(|e| JobError::BadRequest(format!("dataset `{path}`: {e}")))?;
+        let full = root.join(path).canonicalize().map_err(|_| JobError::DatasetMissing(path.into()))?;
         if !full.starts_with(&root) {
             return Err(outside()); // a symlink out of the folder
         }
@@ -267,7 +266,10 @@ impl Jobs {
         let full = self.data_path(path)?;
         let opts =
             LoadOptions { exclude_columns: spec.exclude_columns.clone(), limit: spec.limit, ..Default::default() };
-        data::load(&full, &opts).map_err(|e| JobError::BadRequest(format!("dataset: {e}")))
+        // Messages name the file as the client did, not by its place on the server.
+        let shown = full.display().to_string();
+        data::load(&full, &opts)
+            .map_err(|e| JobError::BadRequest(format!("dataset: {}", e.to_string().replace(&shown, path))))
     }
 
     /// Starts a job on `data` (refused while another job is queued or running).
@@ -463,8 +465,13 @@ impl Jobs {
         let dir = registry.dir(&model_id).map_err(|e| TrainError::Data(e.to_string()))?;
         store::save(&mut model, &dir, false).map_err(|e| TrainError::Data(format!("saving the model: {e}")))?;
         let new_ll = model.card.training.as_ref().map_or(f64::NEG_INFINITY, |t| t.val_log_likelihood);
+        let live_dim = self.inner.engine.info().dim();
         let (promote, reason) = match spec.promote {
             Promotion::Never => (false, "promotion policy is `never`".to_string()),
+            // Clients of the live model send rows of its width: another width would break them.
+            Promotion::Always if val_set.dim != live_dim => {
+                (false, format!("not promoted: it takes {} values per row, the live model {live_dim}", val_set.dim))
+            }
             Promotion::Always => (true, "promotion policy is `always`".to_string()),
             Promotion::Better => self.compare_with_live(new_ll, &val_set),
         };

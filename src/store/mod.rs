@@ -62,6 +62,20 @@ impl Model {
     pub fn named_tensors(&self) -> BTreeMap<String, Tensor> {
         self.vs.variables().into_iter().collect()
     }
+
+    /// A float64 copy (for rows whose float32 arithmetic overflows).
+    pub fn to_double(&self) -> Result<Model, FlowError> {
+        let mut wide = Model::new(self.card.clone(), self.vs.device())?;
+        wide.vs.double();
+        let _guard = tch::no_grad_guard();
+        let mine = self.named_tensors();
+        for (name, mut var) in wide.named_tensors() {
+            if let Some(w) = mine.get(&name) {
+                var.copy_(w);
+            }
+        }
+        Ok(wide)
+    }
 }
 
 /// Loads and validates a model folder.

@@ -22,6 +22,15 @@ pub enum LrSchedule {
     Cosine,
 }
 
+/// Bounds that keep a model trainable in memory (16 × 8 × 1024² ≈ 134 M parameters at most in
+/// the hidden layers) and a job finite.
+const MAX_COUPLINGS: usize = 16;
+const MAX_HIDDEN_LAYERS: usize = 8;
+const MAX_HIDDEN_UNITS: usize = 1024;
+const MAX_EPOCHS: usize = 10_000;
+const MAX_BATCH_SIZE: usize = 65_536;
+const MAX_SECONDS: f64 = 1e7;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct TrainConfig {
     /// Model name written into the card.
@@ -92,33 +101,59 @@ impl TrainConfig {
         }
     }
 
+    /// Refuses what cannot train, or could not fit in memory: the ranges are `json_schema`'s.
     pub fn validate(&self) -> Result<(), TrainError> {
-        let bad = |m: &str| Err(TrainError::Config(m.into()));
-        if self.batch_size == 0 {
-            return bad("batch_size must be > 0");
-        }
-        if self.epochs == 0 {
-            return bad("epochs must be > 0");
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad("lr must be > 0");
-        }
-        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
-            return bad("beta1 and beta2 must be in [0, 1)");
-        }
-        if !(self.eps.is_finite() && self.eps > 0.0) {
-            return bad("eps must be > 0");
-        }
-        if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
-            return bad("val_fraction must be in (0, 1)");
-        }
-        if !(0.0..=1.0).contains(&self.threshold_quantile) {
-            return bad("threshold_quantile must be in [0, 1]");
-        }
-        if self.max_seconds.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
-            return bad("max_seconds must be > 0");
-        }
-        Ok(())
+        let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(TrainError::Config(what.into())) };
+        check((1..=MAX_COUPLINGS).contains(&self.couplings), "couplings must be in 1..=16")?;
+        check((1..=MAX_HIDDEN_LAYERS).contains(&self.hidden_layers), "hidden_layers must be in 1..=8")?;
+        check((1..=MAX_HIDDEN_UNITS).contains(&self.hidden_units), "hidden_units must be in 1..=1024")?;
+        check((1..=MAX_EPOCHS).contains(&self.epochs), "epochs must be in 1..=10000")?;
+        check((1..=MAX_EPOCHS).contains(&self.patience), "patience must be in 1..=10000")?;
+        check((1..=MAX_BATCH_SIZE).contains(&self.batch_size), "batch_size must be in 1..=65536")?;
+        check(self.lr > 0.0 && self.lr <= 10.0, "lr must be in (0, 10]")?;
+        check(
+            (0.0..1.0).contains(&self.beta1) && (0.0..1.0).contains(&self.beta2),
+            "beta1 and beta2 must be in [0, 1)",
+        )?;
+        check(self.eps > 0.0 && self.eps <= 1.0, "eps must be in (0, 1]")?;
+        check(self.val_fraction > 0.0 && self.val_fraction < 1.0, "val_fraction must be in (0, 1)")?;
+        check((0.0..=1.0).contains(&self.threshold_quantile), "threshold_quantile must be in [0, 1]")?;
+        check((0.0..0.5).contains(&self.logit_alpha), "logit_alpha must be in [0, 0.5)")?;
+        check(self.max_seconds.is_none_or(|s| s > 0.0 && s <= MAX_SECONDS), "max_seconds must be in (0, 10000000]")
+    }
+
+    /// The JSON schema of a training `config` object over HTTP: every field optional (the
+    /// defaults of `flowscore train` fill in), with the ranges `validate` enforces.
+    pub fn json_schema() -> serde_json::Value {
+        use serde_json::json;
+        let int = |lo: usize, hi: usize| json!({"type": "integer", "minimum": lo, "maximum": hi});
+        let enumerated = |values: &[&str]| json!({"type": "string", "enum": values});
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "description": "Hyperparameters overriding the defaults of `flowscore train` (same names, snake_case).",
+            "properties": {
+                "couplings": int(1, MAX_COUPLINGS),
+                "hidden_layers": int(1, MAX_HIDDEN_LAYERS),
+                "hidden_units": int(1, MAX_HIDDEN_UNITS),
+                "prior": enumerated(&["logistic", "gaussian"]),
+                "preprocess": enumerated(&["auto", "identity", "standardize", "logit"]),
+                "logit_alpha": {"type": "number", "minimum": 0, "exclusiveMaximum": 0.5},
+                "epochs": int(1, MAX_EPOCHS),
+                "max_seconds": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_SECONDS},
+                "batch_size": int(1, MAX_BATCH_SIZE),
+                "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+                "lr_schedule": enumerated(&["constant", "cosine"]),
+                "beta1": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+                "beta2": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+                "eps": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                "val_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                "patience": int(1, MAX_EPOCHS),
+                "data_init": {"type": "boolean"},
+                "threshold_quantile": {"type": "number", "minimum": 0, "maximum": 1},
+                "seed": {"type": "integer", "minimum": 0, "maximum": u64::MAX},
+            },
+        })
     }
 
     /// The learning rate for a step, when the schedule changes it.

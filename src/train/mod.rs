@@ -62,6 +62,9 @@ pub trait Observer {
 pub struct Quiet;
 impl Observer for Quiet {}
 
+/// Most parameters a trained model may have (800 MB of float32 weights).
+const MAX_PARAMETERS: u128 = 200_000_000;
+
 /// Rows evaluated per forward pass when scoring a whole data set.
 const EVAL_CHUNK: usize = 2048;
 
@@ -325,6 +328,15 @@ fn check_data(cfg: &TrainConfig, train: &Dataset, val: &Dataset, test: Option<&D
     }
     if train.dim < 2 {
         return Err(TrainError::Data(format!("{}: NICE needs at least 2 columns, got {}", train.source, train.dim)));
+    }
+    // Weights and Adam's moments must fit in memory: four copies of every parameter.
+    let (d, u) = (train.dim as u128, cfg.hidden_units as u128);
+    let params = cfg.couplings as u128 * (d * u + (cfg.hidden_layers as u128 - 1) * u * u + u * d);
+    if params > MAX_PARAMETERS {
+        return Err(TrainError::Config(format!(
+            "the model would have {params} parameters for {} columns; the limit is {MAX_PARAMETERS} (use fewer or smaller layers)",
+            train.dim
+        )));
     }
     for d in std::iter::once(val).chain(test) {
         if d.dim != train.dim {

@@ -1,0 +1,191 @@
+//! The OpenAPI document as the server enforces it. The derived document (`ApiDoc`) knows the
+//! types; this fills in what depends on the live model and the settings (row width, value range,
+//! row and sample limits, image-only formats) and what the derive cannot say (query parameters
+//! that are optional but never null, admin answers 401/403, path segment rules, the training
+//! configuration's ranges), so that a client or a fuzzer generating from it sends only what the
+//! server accepts and sees only the statuses it lists.
+use super::AppState;
+use crate::engine::ModelInfo;
+use serde_json::{json, Map, Value};
+
+/// Largest finite float32: rows are float32 on the model side, and larger numbers are refused.
+const F32_MAX: f64 = f32::MAX as f64;
+
+/// What a path segment naming a model or version may be (`store::registry::valid_segment`).
+pub const SEGMENT_PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$";
+
+pub fn document(state: &AppState) -> Value {
+    use utoipa::OpenApi;
+    let mut doc = serde_json::to_value(super::ApiDoc::openapi()).unwrap_or_default();
+    let info = state.engine.info();
+    let limits = &state.limits;
+    let rows = rows_schema(&info, limits.max_rows, info.card.preprocess.domain());
+    let latents = rows_schema(&info, limits.max_rows, Some((-super::MAX_LATENT, super::MAX_LATENT)));
+    let mask = {
+        let mut m = rows.clone();
+        m["items"]["items"] = json!({"type": "number", "enum": [0, 1]});
+        m
+    };
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["InputsRequest"]["properties"]["inputs"] = rows.clone();
+    schemas["ScoreRequest"]["properties"]["inputs"] = rows.clone();
+    schemas["DecodeRequest"]["properties"]["latents"] = latents;
+    schemas["InpaintRequest"]["properties"]["inputs"] = rows;
+    schemas["InpaintRequest"]["properties"]["mask"] = mask;
+    let inpaint = &mut schemas["InpaintRequest"]["properties"];
+    inpaint["steps"] = json!({"type": ["integer", "null"], "minimum": 0, "maximum": limits.max_inpaint_steps});
+    inpaint["step_size"] = json!({"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1e6});
+    inpaint["noise"] = json!({"type": ["number", "null"], "minimum": 0, "maximum": 1e6});
+    inpaint["seed"] = json!({"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX});
+    // A threshold or a contamination, not both.
+    let score = &mut schemas["ScoreRequest"];
+    score["properties"]["threshold"] = json!({"type": ["number", "null"]});
+    score["properties"]["contamination"] =
+        json!({"type": ["number", "null"], "exclusiveMinimum": 0, "exclusiveMaximum": 1});
+    score["not"] = json!({"required": ["threshold", "contamination"],
+        "properties": {"threshold": {"type": "number"}, "contamination": {"type": "number"}}});
+    let train = &mut schemas["TrainRequest"];
+    train["properties"]["name"] = json!({"type": ["string", "null"], "pattern": SEGMENT_PATTERN});
+    train["properties"]["config"] = nullable(crate::train::TrainConfig::json_schema());
+    // Exactly one source of rows.
+    train["oneOf"] = json!([
+        {"required": ["dataset"], "properties": {"dataset": {"type": "object"}, "inputs": {"type": "null"}}},
+        {"required": ["inputs"], "properties": {"inputs": {"type": "array"}, "dataset": {"type": "null"}}},
+    ]);
+    let dataset = &mut schemas["DatasetSpec"];
+    dataset["required"] = json!(["path"]);
+    dataset["properties"]["path"] = json!({"type": "string", "minLength": 1});
+    dataset["properties"]["limit"] = json!({"type": ["integer", "null"], "minimum": 3, "maximum": u32::MAX});
+    // A training upload: at least 3 rows (2 to train on, 1 to validate) of 2 or more values.
+    schemas["TrainRequest"]["properties"]["inputs"] = json!({
+        "type": ["array", "null"], "minItems": 3, "maxItems": limits.max_upload_rows,
+        "items": {"type": "array", "minItems": 2, "items": finite_number()},
+        "description": "Training rows, all of one length: at least 3 rows of at least 2 values.",
+    });
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else { continue };
+            for (_, op) in item.iter_mut() {
+                tidy_operation(path, op, &info, state);
+            }
+        }
+    }
+    doc
+}
+
+/// `n` rows of the model's D values, each within `domain` (or float32).
+fn rows_schema(info: &ModelInfo, max_rows: usize, domain: Option<(f64, f64)>) -> Value {
+    let value = match domain {
+        Some((lo, hi)) => json!({"type": "number", "minimum": lo, "maximum": hi}),
+        None => finite_number(),
+    };
+    let d = info.dim();
+    json!({
+        "type": "array", "minItems": 1, "maxItems": max_rows,
+        "items": {"type": "array", "minItems": d, "maxItems": d, "items": value},
+        "description": format!("1 to {max_rows} rows of {d} numbers (the live model's D)."),
+    })
+}
+
+/// `schema`, or null (an optional field sent as null counts as absent).
+fn nullable(mut schema: Value) -> Value {
+    match schema.get("type").cloned() {
+        Some(Value::String(t)) => schema["type"] = json!([t, "null"]),
+        _ => return json!({"oneOf": [schema, {"type": "null"}]}),
+    }
+    schema
+}
+
+fn finite_number() -> Value {
+    json!({"type": "number", "minimum": -F32_MAX, "maximum": F32_MAX})
+}
+
+fn tidy_operation(path: &str, op: &mut Value, info: &ModelInfo, state: &AppState) {
+    let admin = op.get("security").is_some();
+    if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+        for p in params.iter_mut() {
+            tidy_parameter(path, p, info, state);
+        }
+    }
+    // Every route that reads rows may also answer these.
+    let reads_rows = op.get("requestBody").is_some() || path == "/sample";
+    if reads_rows || path == "/train" {
+        let responses = &mut op["responses"];
+        for (code, text) in [
+            ("400", "malformed or invalid input (the message says what and where)"),
+            ("408", "the body did not arrive within the body timeout"),
+            ("413", "too many rows, or a body over the size limit"),
+            ("415", "a content type other than JSON or NPY"),
+            ("503", "overloaded (retry after `Retry-After`), or past the time limit"),
+        ] {
+            if responses.get(code).is_none() {
+                responses[code] = json!({"description": text,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}});
+            }
+        }
+    }
+    // Rows come back as NPY on `Accept: application/x-npy` (and /sample?format=npy or png).
+    if let Some(ok) = op["responses"].get_mut("200").and_then(|r| r.get_mut("content")).and_then(Value::as_object_mut) {
+        if matches!(path, "/log_prob" | "/encode" | "/decode" | "/inpaint" | "/sample") {
+            ok.insert("application/x-npy".into(), json!({"schema": {"type": "string", "format": "binary"}}));
+        }
+        if path == "/sample" && info.card.image_shape().is_some() {
+            ok.insert("image/png".into(), json!({"schema": {"type": "string", "format": "binary"}}));
+        }
+    }
+    if admin {
+        let responses = &mut op["responses"];
+        let error = json!({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}});
+        for (code, text) in [("401", "no bearer token"), ("403", "the wrong admin token")] {
+            let mut r = error.clone();
+            r["description"] = Value::from(text);
+            responses[code] = r;
+        }
+    }
+}
+
+fn tidy_parameter(path: &str, p: &mut Value, info: &ModelInfo, state: &AppState) {
+    let name = p["name"].as_str().unwrap_or_default().to_string();
+    if p["in"] == "path" {
+        if path.starts_with("/models/") {
+            p["schema"] = json!({"type": "string", "pattern": SEGMENT_PATTERN});
+        }
+        return;
+    }
+    // Optional query parameters: absent or a value, never null.
+    if let Some(Value::Array(types)) = p["schema"].get_mut("type") {
+        types.retain(|t| t != "null");
+        if types.len() == 1 {
+            let t = types.remove(0);
+            p["schema"]["type"] = t;
+        }
+    }
+    let schema: Option<Map<String, Value>> = match (path, name.as_str()) {
+        ("/sample", "n") => Some(range(json!("integer"), 1.0, state.limits.max_samples as f64)),
+        ("/sample", "temperature") => {
+            Some(json!({"type": "number", "exclusiveMinimum": 0, "maximum": crate::http::MAX_TEMPERATURE}))
+        }
+        ("/sample", "format") => {
+            let formats: Vec<&str> = match info.card.image_shape() {
+                Some(_) => vec!["json", "npy", "png"],
+                None => vec!["json", "npy"],
+            };
+            Some(json!({"type": "string", "enum": formats}))
+        }
+        ("/sample", "seed") | ("/train", "seed") => Some(json!({"type": "integer", "minimum": 0, "maximum": u64::MAX})),
+        (_, "contamination") => Some(json!({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1})),
+        (_, "threshold") => Some(json!({"type": "number"})),
+        ("/train", "name") => Some(json!({"type": "string", "pattern": SEGMENT_PATTERN})),
+        ("/train", "epochs") => Some(range(json!("integer"), 1.0, 10_000.0)),
+        ("/train", "max_seconds") => Some(json!({"type": "number", "exclusiveMinimum": 0, "maximum": 1e7})),
+        _ => None,
+    }
+    .and_then(|v| v.as_object().cloned());
+    if let Some(schema) = schema {
+        p["schema"] = Value::Object(schema);
+    }
+}
+
+fn range(kind: Value, lo: f64, hi: f64) -> Value {
+    json!({"type": kind, "minimum": lo, "maximum": hi})
+}
