@@ -5,7 +5,7 @@
 //!
 //! Usage: cargo bench --bench load -- --url http://127.0.0.1:8080/log_prob --body FILE
 //!        [--content-type application/json] [--rows 64] [--concurrency 8,32,128] [--seconds 15]
-//!        [--warmup 2]
+//!        [--warmup 2] [--method POST|GET] (GET sends no body; --body is then optional)
 //! Prints one line per concurrency:
 //!   load concurrency=.. seconds=.. ok=.. refused=.. other=.. errors=.. ok_rows_per_s=..
 //!     ok_p50_ms=.. ok_p99_ms=.. refused_p99_ms=..
@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Args {
+    get: bool,
     host: String,
     path: String,
     body: Bytes,
@@ -39,8 +40,12 @@ fn parse_args() -> Args {
     let rest = url.strip_prefix("http://").unwrap_or_else(|| fail("--url must start with http://"));
     let (host, path) =
         rest.split_once('/').map_or((rest.to_string(), "/".to_string()), |(h, p)| (h.into(), format!("/{p}")));
-    let body_file = get("--body").unwrap_or_else(|| fail("--body is required"));
-    let body = std::fs::read(&body_file).unwrap_or_else(|e| fail(&format!("{body_file}: {e}")));
+    let method = get("--method").unwrap_or_else(|| "POST".into());
+    let body = match get("--body") {
+        Some(file) => std::fs::read(&file).unwrap_or_else(|e| fail(&format!("{file}: {e}"))),
+        None if method == "GET" => Vec::new(),
+        None => fail("--body is required for POST"),
+    };
     let number = |name: &str, default: f64| {
         get(name).map_or(default, |v| v.parse().unwrap_or_else(|_| fail(&format!("{name} needs a number"))))
     };
@@ -50,6 +55,7 @@ fn parse_args() -> Args {
         .map(|c| c.parse().unwrap_or_else(|_| fail("--concurrency takes a comma list of numbers")))
         .collect();
     Args {
+        get: method == "GET",
         host,
         path,
         body: Bytes::from(body),
@@ -85,7 +91,9 @@ async fn client(args: Arc<Args>, start: Instant, end: Instant, tally: Arc<Mutex<
             };
         }
         let Some(s) = sender.as_mut() else { continue };
-        let request = hyper::Request::post(args.path.as_str())
+        let builder =
+            if args.get { hyper::Request::get(args.path.as_str()) } else { hyper::Request::post(args.path.as_str()) };
+        let request = builder
             .header("host", args.host.as_str())
             .header("content-type", args.content_type.as_str())
             .body(Full::new(args.body.clone()));

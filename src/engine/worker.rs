@@ -116,6 +116,7 @@ impl Worker {
                 Some(fresh) => live = fresh,
                 None => return, // the engine stopped meanwhile
             }
+            release_freed_memory();
             self.set_alive(1);
             tracing::info!("the inference thread is serving again");
         }
@@ -191,6 +192,7 @@ impl Worker {
                 let result = catch_unwind(AssertUnwindSafe(|| Live::load(info, &self.config)))
                     .unwrap_or_else(|_| Err(EngineError::Inference("loading the model panicked".into())))
                     .map(|new| *live = new);
+                release_freed_memory();
                 let _ = done.send(result);
             }
             #[cfg(test)]
@@ -369,6 +371,19 @@ fn compute(model: &Model, jobs: &[Job], dim: usize) -> Result<Vec<Output>, Engin
             let out = model.nice.inpaint(&x, &m, options).map_err(flow_err)?;
             Ok(vec![Output::Rows(to_vec(&out)?)])
         }
+    }
+}
+
+/// Hands the heap's free pages back to the system after the old model's weights were dropped,
+/// so that swaps under load leave RSS flat (docs/architecture.md).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: glibc's malloc_trim only releases free memory; it is thread-safe.
+        unsafe { malloc_trim(0) };
     }
 }
 
