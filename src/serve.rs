@@ -101,9 +101,8 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The HTTP runtime's thread count. Its threads compete with libtorch's for the cores: on 2
-    /// cores with 2 libtorch threads one HTTP thread served 1-row requests at concurrency 32
-    /// about 5% faster than two (4 of 4 alternating pairs), with no change for 64-row bodies.
+    /// The HTTP runtime's thread count. Its threads compete with libtorch's for the cores, so by
+    /// default it takes the cores libtorch leaves (docs/architecture.md).
     pub fn http_threads(&self) -> usize {
         self.http_threads
             .unwrap_or_else(|| {

@@ -51,6 +51,13 @@ async fn read_to_close(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// Sends `request` raw on a new connection and returns what comes back until the server closes.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    read_to_close(&mut stream).await
+}
+
 async fn healthy(addr: SocketAddr) {
     let r = reqwest::Client::new()
         .post(format!("http://{addr}/log_prob"))
@@ -89,12 +96,8 @@ async fn a_client_that_never_finishes_its_headers_is_dropped() {
 async fn a_body_that_never_arrives_gets_408_and_the_connection_closes() {
     let tmp = tempfile::tempdir().unwrap();
     let (addr, _) = start(tmp.path(), EngineConfig::default(), limits()).await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"POST /log_prob HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"inputs\"")
-        .await
-        .unwrap();
-    let answer = read_to_close(&mut stream).await;
+    let head = b"POST /log_prob HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
+    let answer = exchange(addr, &[&head[..], b"{\"inputs\""].concat()).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("did not arrive within 300 ms"), "{answer}");
     healthy(addr).await;
@@ -106,12 +109,9 @@ async fn a_declared_body_over_the_limit_is_refused_before_it_is_read() {
     // Long body timeout: only an answer that does not wait for the body can come back in time.
     let limits = Limits { body_read_timeout: Duration::from_secs(3600), ..limits() };
     let (addr, _) = start(tmp.path(), EngineConfig::default(), limits).await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"POST /log_prob HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 5000000000\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = read_to_close(&mut stream).await;
+    let head =
+        b"POST /log_prob HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 5000000000\r\n\r\n";
+    let answer = exchange(addr, head).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("\"error\":\"the request body is 5000000000 bytes; the limit is 67108864\""), "{answer}");
     healthy(addr).await;
@@ -172,9 +172,7 @@ async fn overload_is_refused_before_the_body_is_read() {
     }
     assert_eq!(metrics.admitted.get(), 1, "the first request was never admitted");
     // Headers only: were the body awaited, this read would wait until PATIENCE runs out.
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(head).await.unwrap();
-    let refused = Some(read_to_close(&mut s).await).filter(|a| a.starts_with("HTTP/1.1 503"));
+    let refused = Some(exchange(addr, head).await).filter(|a| a.starts_with("HTTP/1.1 503"));
     let refused = refused.expect("a second request was never refused");
     // Refused after waiting for room, not read: its body never came.
     let lower = refused.to_ascii_lowercase();

@@ -160,8 +160,7 @@ struct Shared {
 /// own that ends afterwards. libtorch's first parallel op on a thread starts an OpenMP thread
 /// team that lives as long as that thread; once a process holds more OpenMP threads than cores,
 /// libgomp stops spinning at barriers in every team, and each GEMM of the inference threads then
-/// sleeps and wakes (a 32-row batch on the paper's architecture ran 27% slower in the server
-/// than in bench/ceiling.rs while a tokio blocking thread kept such a team).
+/// sleeps and wakes (docs/architecture.md, "OpenMP").
 fn validate(dir: &Path) -> Result<ModelCard, EngineError> {
     std::thread::scope(|s| {
         std::thread::Builder::new()

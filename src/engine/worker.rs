@@ -203,9 +203,8 @@ impl Worker {
     /// Takes `first` plus whatever queued requests of the same kind fit the row budget, and while
     /// it holds fewer requests than the last batch merged (`expect`), waits up to `max_wait` for
     /// more. Clients that were answered together come back together: without the wait the first
-    /// of that burst would run alone, at most of a full batch's cost (measured with 32
-    /// single-row clients: a third of all batches were single rows). A lone client (expect = 1)
-    /// never waits. Returns a job of another kind, if it pulled one, for the next round.
+    /// of that burst would run alone, at most of a full batch's cost (docs/architecture.md). A
+    /// lone client (expect = 1) never waits. Returns a job of another kind, if it pulled one, for the next round.
     fn gather(&self, first: Job, dim: usize, expect: usize) -> (Vec<Job>, Option<Job>) {
         let kind = std::mem::discriminant(&first.task);
         let mergeable = matches!(first.task, Task::LogProb { .. } | Task::Encode { .. } | Task::Decode { .. });

@@ -2,9 +2,9 @@
 //! slots and its declared body size from a bounded byte budget, from its headers until its
 //! response. A request that finds either exhausted waits for them, its body unread, in arrival
 //! order, for at most the admission wait, and is then refused with 503. Reading and parsing the
-//! bodies of requests that are then refused had cut the served rate to 28–32% under overload;
-//! refusing at once instead let clients that retry straight away resend their bodies thousands
-//! of times a second (docs/architecture.md has both measurements).
+//! bodies of requests that are then refused collapses the served rate under overload, and
+//! refusing at once lets clients that retry straight away resend their bodies without pause
+//! (docs/benchmarks.md has both measurements).
 use super::error::ApiError;
 use super::AppState;
 use crate::engine::EngineError;

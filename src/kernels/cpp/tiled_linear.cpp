@@ -1,12 +1,12 @@
-// Our own AVX-512 kernel for one linear layer run feature-major (see src/flow/tiled.rs):
+// Our own AVX-512 kernel for one linear layer run feature-major (see src/kernels/tiled.rs):
 //   Yᵀ = relu?(W·Xᵀ + b)
 // with Xᵀ the batch transposed ([k, ld] f32, its first `columns` columns used, `columns` a multiple
 // of 16) and W packed in tiles of TILE output features: tile t holds W[t·TILE + i][j] at
 // [t][j][i], so one tile's weights are read front to back exactly once per block of 32 columns.
 //
-// Why not oneDNN or MKL: on batches of 16–64 rows both stall on the weights streaming in from
-// memory (the paper's MLPs hold 76 MB), while this kernel prefetches the tile it reads a few KB
-// ahead and hides that stream behind its FMAs. The tiles are split over libtorch's intra-op
+// Why not oneDNN or MKL: on batches of a few dozen rows both stall on the weights streaming in
+// from memory, while this kernel prefetches the tile it reads a few KB ahead and hides that
+// stream behind its FMAs (docs/kernels.md). The tiles are split over libtorch's intra-op
 // threads (at::parallel_for, the same OpenMP team oneDNN uses), so no thread is added.
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -18,12 +18,11 @@ namespace {
 // registers of Xᵀ and one broadcast weight, within AVX-512's 32 registers.
 constexpr int64_t TILE = 14;
 
-// How far ahead of the FMAs a tile is prefetched, in floats (4 KB; 2–8 KB timed the same).
+// How far ahead of the FMAs a tile is prefetched, in floats (4 KB; docs/kernels.md).
 constexpr int64_t PREFETCH = 1024;
 
 // Columns of Xᵀ one pass over a thread's tiles reads. Wider batches are taken in chunks, so that
-// the Xᵀ columns a pass reads stay in the core's L2 while its tiles stream by: at 512 and 1024
-// rows this was 10–13% faster than one pass over all columns (64, 128 and 256 within 3%).
+// the Xᵀ columns a pass reads stay in the core's L2 while its tiles stream by (docs/kernels.md).
 constexpr int64_t CHUNK = 64;
 
 // One tile × 16·NV columns: acc[i][v] starts at the bias and accumulates over k in order.
