@@ -135,7 +135,7 @@ def main():
     w("- **the load generator (wrk) shares the same 2 cores with the server under test**, so served "
       "rows/s are pessimistic against the ceiling, which was measured alone in-process")
     w(f"- ceiling (bench/ceiling.rs, in-process libtorch log_prob, batch {first.get('batch', '512')}, "
-      f"{first.get('threads', '2')} threads, the fastest of its paths: plain, packed, served): "
+      f"{first.get('threads', '2')} threads, the fastest of the kernel policies it times): "
       f"**{fmt(ceil)} rows/s** (mean of {len(runs)} run(s) before and after flowscore's loads: "
       f"{ceiling_runs}); 1-row compute: median {fmt(single_med, 3)} ms, p99 {fmt(single_p99, 3)} ms")
     if adjacent:
