@@ -226,8 +226,9 @@ impl Jobs {
             let mut jobs = self.lock();
             jobs.iter_mut()
                 .filter_map(|(id, e)| {
+                    let thread = e.thread.take()?;
                     e.stop.store(INTERRUPT, Ordering::SeqCst);
-                    e.thread.take().map(|t| (id.clone(), t))
+                    Some((id.clone(), thread))
                 })
                 .collect()
         };
@@ -325,13 +326,9 @@ impl Jobs {
     /// Continues an interrupted job from its last checkpoint (from the start where it had none),
     /// on the same data and configuration, in the same job.
     pub fn resume(&self, id: &str) -> Result<JobStatus, JobError> {
-        let mut jobs = self.lock();
-        let entry = jobs.get(id).ok_or_else(|| JobError::NotFound(id.into()))?;
-        if entry.status.state != JobState::Interrupted {
-            let state = serde_json::to_value(entry.status.state).ok().and_then(|v| v.as_str().map(String::from));
-            return Err(JobError::NotResumable { id: id.into(), state: state.unwrap_or_default() });
-        }
-        ensure_idle(&jobs)?;
+        resumable(&self.lock(), id)?;
+        // The spec and the rows are read without holding the jobs' lock (a data file can take
+        // seconds); the state is checked again before the job starts.
         let dir = self.inner.dir.join(id);
         let failed = |m: String| JobError::ResumeFailed(id.into(), m);
         let text = std::fs::read(dir.join(SPEC_FILE)).map_err(|_| failed("its folder keeps no spec".into()))?;
@@ -344,6 +341,8 @@ impl Jobs {
             }
             DataSource::File(file) => self.load_dataset(file).map_err(|e| failed(e.to_string()))?,
         };
+        let mut jobs = self.lock();
+        resumable(&jobs, id)?;
         let checkpoint = dir.join(CHECKPOINT_DIR).join("trainer.json").exists();
         let Some(entry) = jobs.get_mut(id) else { return Err(JobError::NotFound(id.into())) };
         entry.stop.store(RUN, Ordering::SeqCst);
@@ -571,6 +570,16 @@ impl Observer for JobObserver {
     fn cancelled(&self) -> bool {
         self.stop.load(Ordering::SeqCst) != RUN
     }
+}
+
+/// Only an interrupted job can be resumed, and only while no other job is queued or running.
+fn resumable(jobs: &BTreeMap<String, Entry>, id: &str) -> Result<(), JobError> {
+    let entry = jobs.get(id).ok_or_else(|| JobError::NotFound(id.into()))?;
+    if entry.status.state != JobState::Interrupted {
+        let state = serde_json::to_value(entry.status.state).ok().and_then(|v| v.as_str().map(String::from));
+        return Err(JobError::NotResumable { id: id.into(), state: state.unwrap_or_default() });
+    }
+    ensure_idle(jobs)
 }
 
 /// Refuses a new job (or a resume) while another is queued or running.
