@@ -10,6 +10,7 @@ pub mod image;
 pub mod jobs;
 pub mod kernels;
 pub mod metrics;
+pub mod models;
 pub mod serve;
 pub mod store;
 pub mod train;

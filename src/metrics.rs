@@ -28,7 +28,11 @@ pub struct MetricSet {
     pub inference_seconds: Histogram,
     pub batch_rows: Histogram,
     pub rows: IntCounterVec,
-    pub queue_depth: IntGauge,
+    pub queue_depth: IntGaugeVec,
+    pub model_seconds: HistogramVec,
+    pub models_loaded: IntGauge,
+    pub model_memory_bytes: IntGauge,
+    pub model_load_failures: IntCounterVec,
     pub in_flight: IntGauge,
     pub rejected: IntCounter,
     pub admitted: IntGauge,
@@ -39,7 +43,7 @@ pub struct MetricSet {
     pub inference_restarts: IntCounter,
     pub model_info: IntGaugeVec,
     pub scored_bits_per_dim: Histogram,
-    pub anomalies: IntCounter,
+    pub anomalies: IntCounterVec,
     pub jobs: IntCounterVec,
     pub train_epoch: IntGauge,
     pub train_progress: Gauge,
@@ -77,10 +81,35 @@ impl MetricSet {
             &["route"],
         )
         .expect("valid histogram");
-        let rows = IntCounterVec::new(Opts::new("flowscore_rows_total", "Rows processed by operation."), &["op"])
-            .expect("valid counter");
+        let rows = IntCounterVec::new(
+            Opts::new("flowscore_rows_total", "Rows processed by model and operation."),
+            &["model", "op"],
+        )
+        .expect("valid counter");
+        let queue_depth =
+            IntGaugeVec::new(Opts::new("flowscore_queue_depth", "Requests waiting in a model's queue."), &["model"])
+                .expect("valid gauge");
+        let model_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "flowscore_model_request_seconds",
+                "Time from a request entering a model's queue to its result, by model.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model"],
+        )
+        .expect("valid histogram");
+        let anomalies = IntCounterVec::new(
+            Opts::new("flowscore_anomalies_total", "Rows flagged anomalous by /score, by model."),
+            &["model"],
+        )
+        .expect("valid counter");
+        let model_load_failures = IntCounterVec::new(
+            Opts::new("flowscore_model_load_failures_total", "Model versions that failed to load, by model."),
+            &["model"],
+        )
+        .expect("valid counter");
         let model_info = IntGaugeVec::new(
-            Opts::new("flowscore_model_info", "The live model (value 1), labelled by name and version."),
+            Opts::new("flowscore_model_info", "Each live model version (value 1), labelled by name and version."),
             &["name", "version"],
         )
         .expect("valid gauge");
@@ -108,6 +137,10 @@ impl MetricSet {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(rows.clone()),
             Box::new(jobs.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(model_seconds.clone()),
+            Box::new(anomalies.clone()),
+            Box::new(model_load_failures.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
@@ -128,7 +161,14 @@ impl MetricSet {
             ),
             batch_rows: hist("flowscore_batch_rows", "Rows per batched forward pass.", BATCH_BUCKETS),
             rows,
-            queue_depth: gauge("flowscore_queue_depth", "Requests waiting in the engine queue."),
+            queue_depth,
+            model_seconds,
+            models_loaded: gauge("flowscore_models_loaded", "Model versions loaded and serving."),
+            model_memory_bytes: gauge(
+                "flowscore_model_memory_bytes",
+                "Estimated bytes the inference threads hold for the loaded models (the budget's measure).",
+            ),
+            model_load_failures,
             in_flight: gauge("flowscore_http_requests_in_flight", "HTTP requests being served."),
             rejected: counter(
                 "flowscore_rejected_total",
@@ -161,7 +201,7 @@ impl MetricSet {
                 "bits per dimension (bpd) of rows scored by /log_prob and /score; watch it for drift.",
                 BPD_BUCKETS,
             ),
-            anomalies: counter("flowscore_anomalies_total", "Rows flagged anomalous by /score."),
+            anomalies,
             jobs,
             train_epoch: gauge("flowscore_train_epoch", "Epoch of the running training job (last finished epoch)."),
             train_progress: fgauge(
@@ -177,10 +217,26 @@ impl MetricSet {
         }
     }
 
-    /// Marks `name`/`version` as the live model.
-    pub fn set_model(&self, name: &str, version: &str) {
-        self.model_info.reset();
+    /// Marks `name`/`version` as the live version of `name` (replacing its previous one).
+    pub fn set_live(&self, name: &str, version: &str, previous: Option<&str>) {
+        if let Some(old) = previous.filter(|old| *old != version) {
+            let _ = self.model_info.remove_label_values(&[name, old]);
+        }
         self.model_info.with_label_values(&[name, version]).set(1);
+    }
+
+    /// Drops every series labelled with `name`, once no version of it is served (labels stay
+    /// bounded by the names that exist).
+    pub fn forget_model(&self, name: &str, live_version: Option<&str>) {
+        if let Some(v) = live_version {
+            let _ = self.model_info.remove_label_values(&[name, v]);
+        }
+        let _ = self.queue_depth.remove_label_values(&[name]);
+        let _ = self.model_seconds.remove_label_values(&[name]);
+        let _ = self.anomalies.remove_label_values(&[name]);
+        for op in ["log_prob", "encode", "decode", "sample", "inpaint"] {
+            let _ = self.rows.remove_label_values(&[name, op]);
+        }
     }
 
     /// The registry in Prometheus text format.

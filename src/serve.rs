@@ -4,7 +4,8 @@ use crate::http::{self, AppState, Limits};
 use crate::jobs::{Jobs, JobsConfig};
 use crate::kernels::{self, Cpu, CpuKernels};
 use crate::metrics::Metrics;
-use crate::store::{ModelId, Registry};
+use crate::models::{Models, ModelsConfig, VersionState};
+use crate::store::Registry;
 use anyhow::{Context, Result};
 use std::future::Future;
 use std::path::PathBuf;
@@ -13,13 +14,22 @@ use std::time::Duration;
 /// Every setting is a flag and an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Folder of model versions: `<models-dir>/<name>/<version>/`, plus `live.json`.
+    /// Folder of model versions: `<models-dir>/<name>/<version>/`, with each name's
+    /// `live.json` and the default name's `default.json`.
     #[arg(long, env = "FLOWSCORE_MODELS_DIR", default_value = "models")]
     pub models_dir: PathBuf,
-    /// Model to serve: `name`, `name/version` (in the models folder) or a model folder path.
-    /// Default: the live model recorded in `live.json`, else the latest version of the first name.
-    #[arg(long, env = "FLOWSCORE_MODEL")]
-    pub model: Option<String>,
+    /// Models to serve (repeatable; the variable takes a comma-separated list): `name` (its live
+    /// version), `name/version`, or a model folder path. Default: every name in the models folder.
+    #[arg(long = "model", env = "FLOWSCORE_MODEL", value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// The model the unprefixed routes (/log_prob, ...) serve. Default: the first `--model`, else
+    /// the recorded default (`default.json`), else the first name.
+    #[arg(long, env = "FLOWSCORE_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+    /// Megabytes the loaded models may hold in all (estimated from their parameters, per
+    /// inference thread); a load beyond it is refused with 409. 0: no limit.
+    #[arg(long, env = "FLOWSCORE_MEMORY_BUDGET_MB", default_value_t = 0)]
+    pub memory_budget_mb: u64,
     /// Folder that training jobs may read data files from.
     #[arg(long, env = "FLOWSCORE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -160,27 +170,48 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState> {
     tracing::info!(policy = %args.cpu_kernels, cpu = %cpu, kernels = %chosen.join(","), "cpu kernels");
     let registry = Registry::new(&args.models_dir);
     registry.clean_temporaries();
-    let dir = resolve_model(&registry, args.model.as_deref())?;
-    // Record the first choice, so a model trained later under another name does not become
-    // live on the next restart just by sorting first.
-    if registry.live().is_none() {
-        if let Some(id) =
-            registry.list().into_iter().map(|(id, _)| id).find(|id| registry.dir(id).is_ok_and(|d| d == dir))
-        {
-            registry.set_live(&id)?;
-        }
-    }
     let metrics = Metrics::new();
     let engine = {
-        let (dir, config, metrics) = (dir.clone(), args.engine_config(), metrics.clone());
-        tokio::task::spawn_blocking(move || Engine::start(&dir, config, metrics)).await??
+        let (config, metrics) = (args.engine_config(), metrics.clone());
+        tokio::task::spawn_blocking(move || Engine::start(config, metrics)).await??
     };
-    let info = engine.info();
-    tracing::info!(model = %info.card.name, version = %info.card.version, dir = %info.dir.display(), "model loaded");
+    let config = ModelsConfig {
+        selection: args.models.clone(),
+        default: args.default_model.clone(),
+        memory_budget: (args.memory_budget_mb > 0).then(|| args.memory_budget_mb.saturating_mul(1_000_000)),
+    };
+    let models = Models::start(engine, registry.clone(), metrics.clone(), config).await;
+    // A server that can serve nothing it was asked to is a configuration error, not a start.
+    if models.loaded().is_empty() {
+        let reasons: Vec<String> = models
+            .status()
+            .into_iter()
+            .flat_map(|n| n.versions.into_iter().map(move |v| (n.name.clone(), v)))
+            .filter_map(|(name, v)| match v.state {
+                VersionState::Unavailable { reason } => Some(format!("{name}/{}: {reason}", v.version)),
+                _ => None,
+            })
+            .collect();
+        anyhow::bail!(
+            "no model could be loaded from {} (selection: {}){}{}",
+            args.models_dir.display(),
+            if args.models.is_empty() { "every name".to_string() } else { args.models.join(", ") },
+            if reasons.is_empty() { "" } else { "; " },
+            reasons.join("; ")
+        );
+    }
+    if let Some(wanted) = &args.default_model {
+        anyhow::ensure!(models.resolve(wanted, None).is_ok(), "--default-model `{wanted}` is not loaded");
+    }
+    for (h, live) in models.loaded() {
+        let info = h.info();
+        tracing::info!(model = %info.label(), live, dir = %info.dir.display(), "serving");
+    }
+    tracing::info!(default = ?models.default_name(), "default model of the unprefixed routes");
     let jobs_config = JobsConfig { data_dir: args.data_dir.clone(), threads: args.train_threads };
-    let jobs = Jobs::open(registry.clone(), jobs_config, engine.clone(), metrics.clone())
+    let jobs = Jobs::open(registry.clone(), jobs_config, models.clone(), metrics.clone())
         .with_context(|| format!("opening the jobs folder in {}", args.models_dir.display()))?;
-    let mut state = AppState::new(engine, metrics, args.limits());
+    let mut state = AppState::new(models, metrics, args.limits());
     state.registry = registry;
     state.admin_token = args.admin_token.as_deref().filter(|t| !t.is_empty()).map(Into::into);
     state.jobs = Some(jobs);
@@ -207,36 +238,6 @@ pub async fn serve_on(
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// The model folder to serve: an explicit path, `name[/version]` in the registry, the recorded
-/// live model, or the latest version of the first model name.
-pub fn resolve_model(registry: &Registry, wanted: Option<&str>) -> Result<PathBuf> {
-    if let Some(w) = wanted {
-        let path = PathBuf::from(w);
-        if path.join(crate::store::CARD_FILE).exists() {
-            return Ok(path);
-        }
-        let id = match w.split_once('/') {
-            Some((name, version)) => ModelId { name: name.into(), version: version.into() },
-            None => registry.latest(w).with_context(|| format!("no model `{w}` in {}", registry.root().display()))?,
-        };
-        let dir = registry.dir(&id)?;
-        anyhow::ensure!(dir.join(crate::store::CARD_FILE).exists(), "no model {id} in {}", registry.root().display());
-        return Ok(dir);
-    }
-    if let Some(id) = registry.live() {
-        let dir = registry.dir(&id)?;
-        if dir.join(crate::store::CARD_FILE).exists() {
-            return Ok(dir);
-        }
-        tracing::warn!(model = %id, "live.json names a model that is not there; using the latest instead");
-    }
-    let (id, _) = registry.list().into_iter().next().with_context(|| {
-        format!("no model found in {} (expected <name>/<version>/card.json)", registry.root().display())
-    })?;
-    let latest = registry.latest(&id.name).unwrap_or(id);
-    Ok(registry.dir(&latest)?)
 }
 
 /// Resolves on SIGINT or SIGTERM.

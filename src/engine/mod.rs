@@ -1,17 +1,18 @@
-//! The live model behind a handle: dedicated inference threads (never the async runtime's),
-//! a dynamic batcher that merges concurrent requests into one forward pass, a bounded queue
-//! that refuses work at once when full, and atomic hot swap.
+//! Loaded models behind handles: dedicated inference threads (never the async runtime's) shared
+//! by every model, a bounded queue per model that refuses work at once when full, a dynamic
+//! batcher that merges a model's concurrent requests into one forward pass, and round-robin
+//! turns between the models with queued work.
 mod worker;
 
 use crate::flow::InpaintOptions;
 use crate::kernels::{CpuKernels, KernelError};
 use crate::metrics::Metrics;
 use crate::store::{self, ModelCard};
-use arc_swap::ArcSwap;
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -25,7 +26,7 @@ pub struct EngineConfig {
     pub max_batch_rows: usize,
     /// How long a batch that already merged other requests may wait for more.
     pub max_wait: Duration,
-    /// Requests that may wait in the queue; beyond it requests are refused (503).
+    /// Requests that may wait in one model's queue; beyond it requests are refused (503).
     pub queue_depth: usize,
     /// A request not answered within this time fails with 503.
     pub request_timeout: Duration,
@@ -47,18 +48,25 @@ impl Default for EngineConfig {
     }
 }
 
-/// What the live model is, for validating requests and labelling responses.
+/// One loaded model version, for validating requests and labelling responses.
 #[derive(Debug)]
 pub struct ModelInfo {
     pub card: ModelCard,
     pub dir: PathBuf,
-    /// Increases with every swap.
+    /// Unique per load: two loads of the same folder are two units.
     pub generation: u64,
+    /// Estimated bytes the inference threads hold for it (weights and prepared kernel copies).
+    pub memory_bytes: u64,
 }
 
 impl ModelInfo {
     pub fn dim(&self) -> usize {
         self.card.architecture.dim
+    }
+
+    /// `name/version`.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.card.name, self.card.version)
     }
 }
 
@@ -108,12 +116,12 @@ pub struct Scored {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("server overloaded: the inference queue is full, retry later")]
-    Overloaded,
+    #[error("server overloaded: the inference queue of model {0} is full, retry later")]
+    Overloaded(String),
     #[error("request timed out after {0:?} in the inference queue")]
     Timeout(Duration),
-    #[error("the model changed while the request was queued (it now expects {expected} values per row); retry")]
-    ModelChanged { expected: usize },
+    #[error("model {0} was unloaded while the request was queued; retry")]
+    Unloaded(String),
     #[error("the inference engine has stopped")]
     Stopped,
     #[error(transparent)]
@@ -131,10 +139,44 @@ pub(crate) struct Job {
     span: tracing::Span,
 }
 
+/// A loaded model version with its own bounded queue. The inference threads take turns over the
+/// units with queued work (`Engine::runnable`), one batch each, so a hot model cannot starve
+/// the others.
+pub(crate) struct Unit {
+    info: Arc<ModelInfo>,
+    queue: Sender<Job>,
+    jobs: Receiver<Job>,
+    /// A job taken from the queue that did not fit the last batch: the next batch starts with it.
+    front: Mutex<Option<Job>>,
+    /// In the runnable channel or held by an inference thread (at most once in the channel).
+    scheduled: AtomicBool,
+}
+
+impl Unit {
+    fn has_work(&self) -> bool {
+        !self.jobs.is_empty() || self.front.lock().map(|f| f.is_some()).unwrap_or(false)
+    }
+
+    fn take_front(&self) -> Option<Job> {
+        self.front.lock().ok().and_then(|mut f| f.take())
+    }
+
+    fn put_front(&self, job: Job) {
+        if let Ok(mut f) = self.front.lock() {
+            *f = Some(job);
+        }
+    }
+}
+
 pub(crate) enum Control {
-    Swap {
-        info: Arc<ModelInfo>,
+    Load {
+        unit: Arc<Unit>,
         done: std::sync::mpsc::Sender<Result<(), EngineError>>,
+    },
+    /// Answers the unit's queued jobs, then drops the thread's copy.
+    Unload {
+        generation: u64,
+        done: std::sync::mpsc::Sender<()>,
     },
     /// Makes the inference thread panic outside a batch, so tests can watch it recover.
     #[cfg(test)]
@@ -143,15 +185,20 @@ pub(crate) enum Control {
 
 /// What the inference threads tell the engine, and read from it.
 pub(crate) struct Health {
-    /// Inference threads holding a model and taking jobs.
+    /// Inference threads holding every loaded model and taking jobs.
     alive: AtomicUsize,
-    /// The live model: what a restarted thread loads.
-    info: ArcSwap<ModelInfo>,
+    /// The loaded units: what a restarted thread loads again.
+    units: Mutex<HashMap<u64, Arc<Unit>>>,
+}
+
+impl Health {
+    fn units(&self) -> Vec<Arc<Unit>> {
+        self.units.lock().map(|u| u.values().cloned().collect()).unwrap_or_default()
+    }
 }
 
 struct Shared {
-    ready: AtomicBool,
-    generation: AtomicU64,
+    next_generation: AtomicU64,
     metrics: Metrics,
     health: Arc<Health>,
 }
@@ -173,41 +220,51 @@ fn validate(dir: &Path) -> Result<ModelCard, EngineError> {
     })
 }
 
+/// Bytes the inference threads will hold for a model of this card: each thread keeps the float32
+/// weights and about as much again in prepared kernel copies.
+pub fn memory_estimate(card: &ModelCard, workers: usize) -> u64 {
+    card.architecture.parameter_count() as u64 * 4 * 2 * workers.max(1) as u64
+}
+
 /// Cheap to clone; all clones drive the same inference threads.
 #[derive(Clone)]
 pub struct Engine {
-    jobs: Sender<Job>,
+    runnable: Sender<Arc<Unit>>,
     controls: Arc<Vec<Sender<Control>>>,
     shared: Arc<Shared>,
     config: Arc<EngineConfig>,
     _threads: Arc<worker::Threads>,
 }
 
+/// A loaded model version: submit work to it. Cheap to clone.
+#[derive(Clone)]
+pub struct ModelHandle {
+    unit: Arc<Unit>,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for ModelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ModelHandle({})", self.unit.info.label())
+    }
+}
+
 impl Engine {
-    /// Loads `dir` on every inference thread, warms each up and returns once all are ready.
-    pub fn start(dir: &Path, config: EngineConfig, metrics: Metrics) -> Result<Engine, EngineError> {
-        let card = validate(dir)?;
-        metrics.set_model(&card.name, &card.version);
-        let info = Arc::new(ModelInfo { card, dir: dir.to_path_buf(), generation: 0 });
-        let health = Arc::new(Health { alive: AtomicUsize::new(0), info: ArcSwap::new(info.clone()) });
-        let shared = Arc::new(Shared { ready: AtomicBool::new(false), generation: AtomicU64::new(0), metrics, health });
-        let (jobs, job_rx) = crossbeam_channel::bounded(config.queue_depth.max(1));
+    /// Starts the inference threads, holding no model yet.
+    pub fn start(config: EngineConfig, metrics: Metrics) -> Result<Engine, EngineError> {
+        let health = Arc::new(Health { alive: AtomicUsize::new(0), units: Mutex::new(HashMap::new()) });
+        let shared = Arc::new(Shared { next_generation: AtomicU64::new(0), metrics, health });
+        let (runnable, runnable_rx) = crossbeam_channel::unbounded();
         let config = Arc::new(config);
-        let (controls, threads) = worker::spawn(&config, info, job_rx, shared.metrics.clone(), shared.health.clone())?;
-        shared.ready.store(true, Ordering::SeqCst);
-        Ok(Engine { jobs, controls: Arc::new(controls), shared, config, _threads: Arc::new(threads) })
+        let (controls, threads) =
+            worker::spawn(&config, runnable_rx, runnable.clone(), shared.metrics.clone(), shared.health.clone())?;
+        Ok(Engine { runnable, controls: Arc::new(controls), shared, config, _threads: Arc::new(threads) })
     }
 
-    /// The live model.
-    pub fn info(&self) -> Arc<ModelInfo> {
-        self.shared.health.info.load_full()
-    }
-
-    /// Every inference thread holds a model and takes jobs. False while one reloads after a
-    /// panic (it restarts itself), and until start-up has finished.
+    /// Every inference thread holds every loaded model and takes jobs. False while one reloads
+    /// after a panic (it restarts itself).
     pub fn is_ready(&self) -> bool {
-        self.shared.ready.load(Ordering::SeqCst)
-            && self.shared.health.alive.load(Ordering::SeqCst) == self.config.workers.max(1)
+        self.shared.health.alive.load(Ordering::SeqCst) == self.config.workers.max(1)
     }
 
     /// Makes every inference thread panic once, outside a batch.
@@ -222,37 +279,14 @@ impl Engine {
         &self.config
     }
 
-    /// Queues `task` and waits for its result. Refuses at once when the queue is full.
-    pub async fn submit(&self, task: Task) -> Result<Scored, EngineError> {
-        let (reply, rx) = oneshot::channel();
-        let op = task.op();
-        let rows = task.rows(self.info().dim()) as u64;
-        let job = Job { task, enqueued: Instant::now(), reply, span: tracing::Span::current() };
-        match self.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.shared.metrics.rejected.inc();
-                return Err(EngineError::Overloaded);
-            }
-            Err(TrySendError::Disconnected(_)) => return Err(EngineError::Stopped),
-        }
-        self.shared.metrics.queue_depth.set(self.jobs.len() as i64);
-        let result = match tokio::time::timeout(self.config.request_timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(EngineError::Stopped),
-            Err(_) => Err(EngineError::Timeout(self.config.request_timeout)),
-        };
-        if result.is_ok() {
-            self.shared.metrics.rows.with_label_values(&[op]).inc_by(rows);
-        }
-        result
+    /// Estimated bytes held for every loaded model.
+    pub fn memory_bytes(&self) -> u64 {
+        self.shared.health.units().iter().map(|u| u.info.memory_bytes).sum()
     }
 
-    /// Swaps in the model folder `dir`: validated here first, then loaded by every inference
-    /// thread itself between two batches. A batch runs wholly on one model, and each response
-    /// names the model that produced it; a queued request whose rows no longer fit the new model
-    /// gets `ModelChanged`.
-    pub async fn swap(&self, dir: &Path) -> Result<Arc<ModelInfo>, EngineError> {
+    /// Validates `dir` (on a thread of its own), then has every inference thread load its own
+    /// copy, prepare its kernels and warm up. The returned handle takes work at once.
+    pub async fn load(&self, dir: &Path) -> Result<ModelHandle, EngineError> {
         let dir = dir.to_path_buf();
         let card = tokio::task::spawn_blocking({
             let dir = dir.clone();
@@ -260,28 +294,120 @@ impl Engine {
         })
         .await
         .map_err(|e| EngineError::Inference(e.to_string()))??;
-        let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let info = Arc::new(ModelInfo { card, dir, generation });
+        let generation = self.shared.next_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let memory_bytes = memory_estimate(&card, self.config.workers);
+        let info = Arc::new(ModelInfo { card, dir, generation, memory_bytes });
+        let (queue, jobs) = crossbeam_channel::bounded(self.config.queue_depth.max(1));
+        let unit = Arc::new(Unit { info, queue, jobs, front: Mutex::new(None), scheduled: AtomicBool::new(false) });
         let controls = self.controls.clone();
-        let sent = info.clone();
+        let sent = unit.clone();
         tokio::task::spawn_blocking(move || {
             let mut waits = Vec::new();
             for c in controls.iter() {
                 let (done, wait) = std::sync::mpsc::channel();
-                c.send(Control::Swap { info: sent.clone(), done }).map_err(|_| EngineError::Stopped)?;
+                c.send(Control::Load { unit: sent.clone(), done }).map_err(|_| EngineError::Stopped)?;
                 waits.push(wait);
             }
+            let mut result = Ok(());
             for w in waits {
-                w.recv().map_err(|_| EngineError::Stopped)??;
+                if let Err(e) = w.recv().map_err(|_| EngineError::Stopped).and_then(|r| r) {
+                    result = Err(e);
+                }
             }
-            Ok::<(), EngineError>(())
+            result
         })
         .await
-        .map_err(|e| EngineError::Inference(e.to_string()))??;
-        self.shared.health.info.store(info.clone());
-        self.shared.metrics.set_model(&info.card.name, &info.card.version);
-        tracing::info!(name = %info.card.name, version = %info.card.version, dir = %info.dir.display(), "model swapped");
-        Ok(info)
+        .map_err(|e| EngineError::Inference(e.to_string()))
+        .and_then(|r| r)
+        .inspect_err(|_| self.forget(&unit))?;
+        if let Ok(mut units) = self.shared.health.units.lock() {
+            units.insert(unit.info.generation, unit.clone());
+        }
+        tracing::info!(model = %unit.info.label(), dir = %unit.info.dir.display(), "model loaded");
+        Ok(ModelHandle { unit, engine: self.clone() })
+    }
+
+    /// Drops a unit some threads may hold after a failed load.
+    fn forget(&self, unit: &Arc<Unit>) {
+        for c in self.controls.iter() {
+            let (done, _) = std::sync::mpsc::channel();
+            let _ = c.send(Control::Unload { generation: unit.info.generation, done });
+        }
+    }
+
+    /// Unloads a model version: the requests already queued are answered first, then every
+    /// inference thread drops its copy. New requests must no longer reach `handle` (the caller
+    /// has unrouted it).
+    pub async fn unload(&self, handle: &ModelHandle) {
+        let generation = handle.unit.info.generation;
+        if let Ok(mut units) = self.shared.health.units.lock() {
+            units.remove(&generation);
+        }
+        let controls = self.controls.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut waits = Vec::new();
+            for c in controls.iter() {
+                let (done, wait) = std::sync::mpsc::channel();
+                if c.send(Control::Unload { generation, done }).is_ok() {
+                    waits.push(wait);
+                }
+            }
+            for w in waits {
+                let _ = w.recv();
+            }
+        })
+        .await;
+        // A request that found the handle just before it was unrouted gets a clear error.
+        while let Some(job) = handle.unit.take_front().or_else(|| handle.unit.jobs.try_recv().ok()) {
+            let _ = job.reply.send(Err(EngineError::Unloaded(handle.unit.info.label())));
+        }
+        tracing::info!(model = %handle.unit.info.label(), "model unloaded");
+    }
+}
+
+impl ModelHandle {
+    pub fn info(&self) -> &Arc<ModelInfo> {
+        &self.unit.info
+    }
+
+    /// Requests waiting in this model's queue.
+    pub fn queued(&self) -> usize {
+        self.unit.jobs.len()
+    }
+
+    /// Queues `task` and waits for its result. Refuses at once when this model's queue is full.
+    pub async fn submit(&self, task: Task) -> Result<Scored, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        let op = task.op();
+        let info = &self.unit.info;
+        let metrics = &self.engine.shared.metrics;
+        let rows = task.rows(info.dim()) as u64;
+        let job = Job { task, enqueued: Instant::now(), reply, span: tracing::Span::current() };
+        match self.unit.queue.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                metrics.rejected.inc();
+                return Err(EngineError::Overloaded(info.label()));
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(EngineError::Stopped),
+        }
+        if !self.unit.scheduled.swap(true, Ordering::SeqCst) && self.engine.runnable.send(self.unit.clone()).is_err() {
+            return Err(EngineError::Stopped);
+        }
+        let name = info.card.name.as_str();
+        metrics.queue_depth.with_label_values(&[name]).set(self.unit.jobs.len() as i64);
+        let timeout = self.engine.config.request_timeout;
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(EngineError::Stopped),
+            Err(_) => Err(EngineError::Timeout(timeout)),
+        };
+        if result.is_ok() {
+            metrics.rows.with_label_values(&[name, op]).inc_by(rows);
+            metrics.model_seconds.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+        }
+        result
     }
 }
 
@@ -325,14 +451,13 @@ mod tests {
         let (dir, away) = (tmp.path().join("model"), tmp.path().join("away"));
         write_model(&dir);
         let metrics = Metrics::new();
-        let engine = {
-            let (dir, metrics) = (dir.clone(), metrics.clone());
-            tokio::task::spawn_blocking(move || Engine::start(&dir, EngineConfig::default(), metrics))
+        let models =
+            crate::models::Models::for_folders(std::slice::from_ref(&dir), EngineConfig::default(), metrics.clone())
                 .await
-                .expect("join")
-                .expect("engine")
-        };
-        let state = AppState::new(engine.clone(), metrics.clone(), Limits::default());
+                .expect("models");
+        let engine = models.engine().clone();
+        let handle = models.default_model().expect("loaded");
+        let state = AppState::new(models, metrics.clone(), Limits::default());
         assert_eq!(ready_status(&state).await, StatusCode::OK);
         std::fs::rename(&dir, &away).expect("move the model away");
         engine.inject_panic();
@@ -344,7 +469,7 @@ mod tests {
         until("the thread has reloaded", || engine.is_ready()).await;
         assert_eq!(ready_status(&state).await, StatusCode::OK);
         assert_eq!(metrics.inference_threads.get(), 1);
-        let scored = engine.submit(Task::LogProb { rows: vec![0.1, 0.2, 0.3] }).await.expect("scores again");
+        let scored = handle.submit(Task::LogProb { rows: vec![0.1, 0.2, 0.3] }).await.expect("scores again");
         assert!(matches!(scored.output, Output::LogProb(ref lp) if lp.len() == 1 && lp[0].is_finite()));
         // Once shutdown begins, /ready turns 503 for health checks on open connections.
         state.draining.store(true, Ordering::SeqCst);

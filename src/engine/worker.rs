@@ -1,10 +1,12 @@
-//! Inference threads. Each owns one copy of the model (tch tensors are !Sync), runs with grad
-//! mode off, merges queued requests of the same kind into one forward pass, and swaps models
-//! when told to, loading the new weights itself.
-use super::{Control, EngineConfig, EngineError, Health, Job, ModelInfo, Output, Scored, Task};
+//! Inference threads, shared by every loaded model. Each owns one copy of every model (tch
+//! tensors are !Sync), runs with grad mode off, takes turns over the models with queued work
+//! (one batch per turn, merging that model's queued requests of one kind into one forward pass),
+//! and loads and drops models when told to.
+use super::{Control, EngineConfig, EngineError, Health, Job, ModelInfo, Output, Scored, Task, Unit};
 use crate::metrics::Metrics;
 use crate::store::{self, Model};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,8 +14,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
 
-/// Joins the inference threads when the last engine handle is dropped (after the job queue has
-/// closed, which makes them exit).
+/// Joins the inference threads when the last engine handle is dropped (after the control
+/// channels have closed, which makes them exit).
 pub(super) struct Threads(Vec<JoinHandle<()>>);
 
 impl Drop for Threads {
@@ -26,36 +28,35 @@ impl Drop for Threads {
 
 pub(super) fn spawn(
     config: &Arc<EngineConfig>,
-    info: Arc<ModelInfo>,
-    jobs: Receiver<Job>,
+    runnable: Receiver<Arc<Unit>>,
+    reschedule: Sender<Arc<Unit>>,
     metrics: Metrics,
     health: Arc<Health>,
 ) -> Result<(Vec<Sender<Control>>, Threads), EngineError> {
     let mut controls = Vec::new();
     let mut handles = Vec::new();
-    let mut readies = Vec::new();
     for id in 0..config.workers.max(1) {
         let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let worker = Worker {
             config: config.clone(),
             metrics: metrics.clone(),
-            jobs: jobs.clone(),
+            runnable: runnable.clone(),
+            reschedule: reschedule.clone(),
             controls: ctl_rx,
             health: health.clone(),
         };
-        let info = info.clone();
         let handle = std::thread::Builder::new()
             .name(format!("flowscore-infer-{id}"))
-            .spawn(move || worker.run(info, ready_tx))
+            .spawn(move || worker.run())
             .map_err(|e| EngineError::Inference(format!("cannot start an inference thread: {e}")))?;
         controls.push(ctl_tx);
         handles.push(handle);
-        readies.push(ready_rx);
     }
     let threads = Threads(handles);
-    for r in readies {
-        r.recv().map_err(|_| EngineError::Stopped)??;
+    // Each thread counts itself alive once it runs; wait for that, so `is_ready` holds at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health.alive.load(Ordering::SeqCst) < config.workers.max(1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
     }
     Ok((controls, threads))
 }
@@ -63,18 +64,23 @@ pub(super) fn spawn(
 struct Worker {
     config: Arc<EngineConfig>,
     metrics: Metrics,
-    jobs: Receiver<Job>,
+    runnable: Receiver<Arc<Unit>>,
+    reschedule: Sender<Arc<Unit>>,
     controls: Receiver<Control>,
     health: Arc<Health>,
 }
 
+/// This thread's copy of one loaded model.
 struct Live {
     model: Model,
-    info: Arc<ModelInfo>,
+    unit: Arc<Unit>,
+    /// Requests the last batch merged: about as many are expected in the next (see `gather`).
+    expect: usize,
 }
 
 impl Live {
-    fn load(info: Arc<ModelInfo>, config: &EngineConfig) -> Result<Live, EngineError> {
+    fn load(unit: Arc<Unit>, config: &EngineConfig) -> Result<Live, EngineError> {
+        let info = &unit.info;
         let mut model = store::load(&info.dir, Device::Cpu)?;
         model.vs.freeze();
         let prepared = crate::kernels::prepare(&mut model.nice, config.cpu_kernels)?;
@@ -82,38 +88,36 @@ impl Live {
             kernels = ?prepared.kernels, prepared_mb = prepared.bytes as f64 / 1e6, dir = %info.dir.display(),
             "weights prepared for inference"
         );
-        let warmup_rows = config.max_batch_rows;
         // One forward pass at the real batch shape, so the first request pays no set-up cost.
-        let rows = warmup_rows.clamp(1, 1024) as i64;
+        let rows = config.max_batch_rows.clamp(1, 1024) as i64;
         let x = match model.card.preprocess.domain() {
             Some((lo, hi)) => Tensor::full([rows, info.dim() as i64], (lo + hi) / 2.0, (tch::Kind::Float, Device::Cpu)),
             None => Tensor::zeros([rows, info.dim() as i64], (tch::Kind::Float, Device::Cpu)),
         };
         let _ = model.nice.log_prob(&x).map_err(|e| EngineError::Inference(e.to_string()))?;
-        Ok(Live { model, info })
+        Ok(Live { model, unit, expect: 1 })
+    }
+
+    fn info(&self) -> &Arc<ModelInfo> {
+        &self.unit.info
     }
 }
 
+type Lives = HashMap<u64, Live>;
+
 impl Worker {
-    fn run(self, info: Arc<ModelInfo>, ready: std::sync::mpsc::Sender<Result<(), EngineError>>) {
+    fn run(self) {
         let _no_grad = tch::no_grad_guard();
-        let mut live = match Live::load(info, &self.config) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
-            }
-        };
+        let mut lives = Lives::new();
         self.set_alive(1);
-        let _ = ready.send(Ok(()));
         // A panic here (a batch's own are caught in `run_batch`) takes the thread's state down;
-        // the thread reloads the live model and goes on, not ready meanwhile.
-        while catch_unwind(AssertUnwindSafe(|| self.serve(&mut live))).is_err() {
+        // the thread reloads every loaded model and goes on, not ready meanwhile.
+        while catch_unwind(AssertUnwindSafe(|| self.serve(&mut lives))).is_err() {
             self.set_alive(-1);
             self.metrics.inference_restarts.inc();
-            tracing::error!("an inference thread panicked; reloading the live model");
+            tracing::error!("an inference thread panicked; reloading the loaded models");
             match self.reload() {
-                Some(fresh) => live = fresh,
+                Some(fresh) => lives = fresh,
                 None => return, // the engine stopped meanwhile
             }
             release_freed_memory();
@@ -133,20 +137,29 @@ impl Worker {
         self.metrics.inference_threads.set(alive as i64);
     }
 
-    /// Loads the live model again, retrying with backoff while it fails; None once the engine has
-    /// stopped.
-    fn reload(&self) -> Option<Live> {
+    /// Loads every loaded model again, retrying with backoff while one fails; None once the
+    /// engine has stopped.
+    fn reload(&self) -> Option<Lives> {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match Live::load(self.health.info.load_full(), &self.config) {
-                Ok(live) => return Some(live),
-                Err(e) => tracing::error!(error = %e, retry_in = ?backoff, "reloading the live model failed"),
+            let loaded: Result<Lives, EngineError> = self
+                .health
+                .units()
+                .into_iter()
+                .map(|u| Live::load(u.clone(), &self.config).map(|l| (u.info.generation, l)))
+                .collect();
+            match loaded {
+                Ok(lives) => return Some(lives),
+                Err(e) => tracing::error!(error = %e, retry_in = ?backoff, "reloading the models failed"),
             }
             // Waits on the control channel, which closes when the engine stops.
             match self.controls.recv_timeout(backoff) {
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return None,
-                Ok(Control::Swap { done, .. }) => {
-                    let _ = done.send(Err(EngineError::Inference("the inference thread is restarting".into())));
+                Ok(Control::Load { done, .. }) => {
+                    let _ = done.send(Err(EngineError::Inference("an inference thread is restarting".into())));
+                }
+                Ok(Control::Unload { done, .. }) => {
+                    let _ = done.send(());
                 }
                 #[cfg(test)]
                 Ok(Control::Panic) | Err(_) => {}
@@ -157,55 +170,97 @@ impl Worker {
         }
     }
 
-    /// Batches jobs until the queue closes.
-    fn serve(&self, live: &mut Live) {
-        let mut pending: Option<Job> = None;
-        // Requests the last batch merged: about as many are expected in the next (see `gather`).
-        let mut expect = 1;
+    /// Takes turns over the models with queued work until the engine stops.
+    fn serve(&self, lives: &mut Lives) {
         loop {
-            let first = match pending.take() {
-                Some(job) => job,
-                None => crossbeam_channel::select! {
-                    recv(self.controls) -> c => {
-                        if let Ok(c) = c {
-                            self.control(c, live);
-                        }
-                        continue;
-                    }
-                    recv(self.jobs) -> job => match job {
-                        Ok(job) => job,
-                        Err(_) => return,
-                    },
+            crossbeam_channel::select! {
+                recv(self.controls) -> c => match c {
+                    Ok(c) => self.control(c, lives),
+                    Err(_) => return,
                 },
-            };
-            let (batch, next) = self.gather(first, live.info.dim(), expect);
-            expect = batch.len();
-            pending = next;
-            self.metrics.queue_depth.set(self.jobs.len() as i64);
-            self.run_batch(live, batch);
+                recv(self.runnable) -> unit => match unit {
+                    Ok(unit) => self.turn(&unit, lives),
+                    Err(_) => return,
+                },
+            }
         }
     }
 
-    fn control(&self, c: Control, live: &mut Live) {
+    /// One batch of `unit`'s queued work; the unit goes back in line if more is queued.
+    fn turn(&self, unit: &Arc<Unit>, lives: &mut Lives) {
+        let Some(first) = unit.take_front().or_else(|| unit.jobs.try_recv().ok()) else {
+            self.release(unit);
+            return;
+        };
+        let Some(live) = lives.get_mut(&unit.info.generation) else {
+            // Unloaded meanwhile: nothing can run it.
+            let _ = first.reply.send(Err(EngineError::Unloaded(unit.info.label())));
+            self.release(unit);
+            return;
+        };
+        let (batch, next) = self.gather(unit, first, live.expect);
+        live.expect = batch.len();
+        if let Some(next) = next {
+            unit.put_front(next);
+        }
+        self.release(unit);
+        self.metrics.queue_depth.with_label_values(&[&unit.info.card.name]).set(unit.jobs.len() as i64);
+        self.run_batch(live, batch);
+    }
+
+    /// Puts `unit` back in line if it has work, else marks it idle (checking again, so a job
+    /// queued meanwhile is never stranded).
+    fn release(&self, unit: &Arc<Unit>) {
+        if unit.has_work() {
+            let _ = self.reschedule.send(unit.clone());
+            return;
+        }
+        unit.scheduled.store(false, Ordering::SeqCst);
+        if unit.has_work() && !unit.scheduled.swap(true, Ordering::SeqCst) {
+            let _ = self.reschedule.send(unit.clone());
+        }
+    }
+
+    fn control(&self, c: Control, lives: &mut Lives) {
         match c {
-            Control::Swap { info, done } => {
-                let result = catch_unwind(AssertUnwindSafe(|| Live::load(info, &self.config)))
+            Control::Load { unit, done } => {
+                let generation = unit.info.generation;
+                let result = catch_unwind(AssertUnwindSafe(|| Live::load(unit, &self.config)))
                     .unwrap_or_else(|_| Err(EngineError::Inference("loading the model panicked".into())))
-                    .map(|new| *live = new);
-                release_freed_memory();
+                    .map(|live| {
+                        lives.insert(generation, live);
+                    });
                 let _ = done.send(result);
+            }
+            Control::Unload { generation, done } => {
+                if let Some(mut live) = lives.remove(&generation) {
+                    // Answer what is queued before dropping the weights.
+                    let unit = live.unit.clone();
+                    while let Some(first) = unit.take_front().or_else(|| unit.jobs.try_recv().ok()) {
+                        let (batch, next) = self.gather(&unit, first, 1);
+                        if let Some(next) = next {
+                            unit.put_front(next);
+                        }
+                        self.run_batch(&mut live, batch);
+                    }
+                    drop(live);
+                    release_freed_memory();
+                }
+                let _ = done.send(());
             }
             #[cfg(test)]
             Control::Panic => panic!("an inference thread was told to panic (test)"),
         }
     }
 
-    /// Takes `first` plus whatever queued requests of the same kind fit the row budget, and while
-    /// it holds fewer requests than the last batch merged (`expect`), waits up to `max_wait` for
-    /// more. Clients that were answered together come back together: without the wait the first
-    /// of that burst would run alone, at most of a full batch's cost (docs/architecture.md). A
-    /// lone client (expect = 1) never waits. Returns a job of another kind, if it pulled one, for the next round.
-    fn gather(&self, first: Job, dim: usize, expect: usize) -> (Vec<Job>, Option<Job>) {
+    /// Takes `first` plus whatever queued requests of `unit` of the same kind fit the row
+    /// budget, and while it holds fewer requests than the last batch merged (`expect`), waits up
+    /// to `max_wait` for more. Clients that were answered together come back together: without
+    /// the wait the first of that burst would run alone, at most of a full batch's cost
+    /// (docs/architecture.md). A lone client (expect = 1) never waits. Returns a job of another
+    /// kind, if it pulled one, for the next turn.
+    fn gather(&self, unit: &Unit, first: Job, expect: usize) -> (Vec<Job>, Option<Job>) {
+        let dim = unit.info.dim();
         let kind = std::mem::discriminant(&first.task);
         let mergeable = matches!(first.task, Task::LogProb { .. } | Task::Encode { .. } | Task::Decode { .. });
         let mut rows = first.task.rows(dim);
@@ -215,10 +270,10 @@ impl Worker {
         }
         let deadline = Instant::now() + self.config.max_wait;
         while rows < self.config.max_batch_rows {
-            let next = match self.jobs.try_recv() {
+            let next = match unit.jobs.try_recv() {
                 Ok(job) => job,
                 Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) if batch.len() < expect => match self.jobs.recv_deadline(deadline) {
+                Err(TryRecvError::Empty) if batch.len() < expect => match unit.jobs.recv_deadline(deadline) {
                     Ok(job) => job,
                     Err(_) => break,
                 },
@@ -234,18 +289,14 @@ impl Worker {
         (batch, None)
     }
 
-    fn run_batch(&self, live: &Live, batch: Vec<Job>) {
-        let dim = live.info.dim();
+    fn run_batch(&self, live: &mut Live, batch: Vec<Job>) {
+        let dim = live.info().dim();
         let mut jobs = Vec::with_capacity(batch.len());
         for job in batch {
             self.metrics.queue_wait_seconds.observe(job.enqueued.elapsed().as_secs_f64());
             if job.reply.is_closed() {
                 // The client is gone (disconnected, or its time limit passed): skip its rows.
                 self.metrics.dropped.inc();
-                continue;
-            }
-            if !job.fits(dim) {
-                let _ = job.reply.send(Err(EngineError::ModelChanged { expected: dim }));
                 continue;
             }
             jobs.push(job);
@@ -273,7 +324,7 @@ impl Worker {
         match outputs {
             Ok(outputs) => {
                 for (job, output) in jobs.into_iter().zip(outputs) {
-                    let _ = job.reply.send(Ok(Scored { output, model: live.info.clone() }));
+                    let _ = job.reply.send(Ok(Scored { output, model: live.info().clone() }));
                 }
             }
             Err(e) => {
@@ -284,24 +335,6 @@ impl Worker {
                 }
             }
         }
-    }
-}
-
-impl Job {
-    /// Whether the job's rows still fit the live model (a swap may have changed D).
-    fn fits(&self, dim: usize) -> bool {
-        let len = match &self.task {
-            Task::LogProb { rows } | Task::Encode { rows } => rows.len(),
-            Task::Decode { latents } => latents.len(),
-            Task::Inpaint { rows, missing, .. } => {
-                if missing.len() != rows.len() {
-                    return false;
-                }
-                rows.len()
-            }
-            Task::Sample { .. } => return true,
-        };
-        len > 0 && len % dim == 0
     }
 }
 
@@ -428,8 +461,10 @@ mod tests {
         }
     }
 
-    fn worker(max_wait: Duration, max_batch_rows: usize) -> (Worker, Sender<Job>) {
-        let (tx, jobs) = crossbeam_channel::unbounded();
+    /// A worker and a unit of D = 2 whose queue `tx` feeds; `gather` reads that queue.
+    fn worker(max_wait: Duration, max_batch_rows: usize) -> (Worker, Arc<Unit>, Sender<Job>) {
+        let (_, runnable) = crossbeam_channel::unbounded();
+        let (reschedule, _) = crossbeam_channel::unbounded();
         let (_, controls) = crossbeam_channel::unbounded();
         let config = Arc::new(EngineConfig { max_wait, max_batch_rows, ..EngineConfig::default() });
         let arch = crate::flow::Architecture { dim: 2, couplings: 1, hidden_layers: 1, hidden_units: 2 };
@@ -441,9 +476,17 @@ mod tests {
             crate::flow::Preprocess::Identity,
             input,
         );
-        let info = ModelInfo { card, dir: "unused".into(), generation: 0 };
-        let health = Arc::new(Health { alive: Default::default(), info: arc_swap::ArcSwap::from_pointee(info) });
-        (Worker { config, metrics: Metrics::new(), jobs, controls, health }, tx)
+        let info = Arc::new(ModelInfo { card, dir: "unused".into(), generation: 0, memory_bytes: 0 });
+        let (queue, jobs) = crossbeam_channel::unbounded();
+        let unit = Arc::new(Unit {
+            info,
+            queue: queue.clone(),
+            jobs,
+            front: Default::default(),
+            scheduled: Default::default(),
+        });
+        let health = Arc::new(Health { alive: Default::default(), units: Default::default() });
+        (Worker { config, metrics: Metrics::new(), runnable, reschedule, controls, health }, unit, queue)
     }
 
     /// Sends `n` one-row jobs after `delay`, from another thread.
@@ -459,9 +502,9 @@ mod tests {
 
     #[test]
     fn a_lone_client_does_not_wait() {
-        let (w, tx) = worker(Duration::from_secs(10), 1024);
+        let (w, unit, tx) = worker(Duration::from_secs(10), 1024);
         let later = send_later(&tx, 3, Duration::from_millis(200));
-        let (batch, next) = w.gather(job(1, 2), 2, 1);
+        let (batch, next) = w.gather(&unit, job(1, 2), 1);
         // Had it waited (up to 10 s), the jobs sent 200 ms later would have joined.
         assert_eq!(batch.len(), 1);
         assert!(next.is_none());
@@ -470,21 +513,21 @@ mod tests {
 
     #[test]
     fn waits_for_as_many_requests_as_the_last_batch_merged() {
-        let (w, tx) = worker(Duration::from_secs(10), 1024);
+        let (w, unit, tx) = worker(Duration::from_secs(10), 1024);
         let later = send_later(&tx, 3, Duration::from_millis(100));
-        let (batch, _) = w.gather(job(1, 2), 2, 4);
+        let (batch, _) = w.gather(&unit, job(1, 2), 4);
         assert_eq!(batch.len(), 4, "the three late requests joined the first");
         later.join().unwrap();
     }
 
     #[test]
     fn takes_what_is_queued_without_waiting_past_the_expected_count() {
-        let (w, tx) = worker(Duration::from_secs(10), 1024);
+        let (w, unit, tx) = worker(Duration::from_secs(10), 1024);
         for _ in 0..5 {
             tx.send(job(1, 2)).unwrap();
         }
         let later = send_later(&tx, 3, Duration::from_millis(200));
-        let (batch, _) = w.gather(job(1, 2), 2, 3);
+        let (batch, _) = w.gather(&unit, job(1, 2), 3);
         // Had it waited for more than it expected, the jobs sent 200 ms later would have joined.
         assert_eq!(batch.len(), 6, "everything already queued is merged, nothing more");
         later.join().unwrap();
@@ -492,20 +535,20 @@ mod tests {
 
     #[test]
     fn gives_up_waiting_after_max_wait() {
-        let (w, _tx) = worker(Duration::from_millis(50), 1024);
+        let (w, unit, _tx) = worker(Duration::from_millis(50), 1024);
         let started = Instant::now();
-        let (batch, _) = w.gather(job(1, 2), 2, 32);
+        let (batch, _) = w.gather(&unit, job(1, 2), 32);
         assert_eq!(batch.len(), 1);
         assert!(started.elapsed() >= Duration::from_millis(50));
     }
 
     #[test]
     fn respects_the_row_budget_and_hands_back_the_job_that_did_not_fit() {
-        let (w, tx) = worker(Duration::from_secs(10), 10);
+        let (w, unit, tx) = worker(Duration::from_secs(10), 10);
         for rows in [4, 4, 4] {
             tx.send(job(rows, 2)).unwrap();
         }
-        let (batch, next) = w.gather(job(1, 2), 2, 8);
+        let (batch, next) = w.gather(&unit, job(1, 2), 8);
         assert_eq!(batch.iter().map(|j| j.task.rows(2)).collect::<Vec<_>>(), vec![1, 4, 4]);
         assert_eq!(next.map(|j| j.task.rows(2)), Some(4));
     }

@@ -25,6 +25,16 @@ pub struct Architecture {
     pub hidden_units: usize,
 }
 
+impl Architecture {
+    /// Weights and biases of the coupling MLPs plus the scaling layer (an upper bound: each
+    /// coupling's halves are counted as the larger half).
+    pub fn parameter_count(&self) -> usize {
+        let (half, h) = (self.dim.div_ceil(2), self.hidden_units);
+        let mlp = (half + 1) * h + self.hidden_layers.saturating_sub(1) * (h + 1) * h + (h + 1) * half;
+        self.couplings * mlp + self.dim
+    }
+}
+
 /// Everything needed to build a NICE graph (weights aside).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlowSpec {

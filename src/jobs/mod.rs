@@ -6,8 +6,8 @@
 //! model an uninterrupted run would have given. Resuming is an explicit admin request, never
 //! automatic, so a job that crashes the process cannot do so in a loop.
 use crate::data::{self, Dataset, LoadOptions};
-use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::models::Models;
 use crate::store::{self, registry::valid_segment, EpochRecord, ModelId, Registry};
 use crate::train::{self, Observer, TrainConfig, TrainError};
 use serde::{Deserialize, Serialize};
@@ -161,7 +161,7 @@ struct Inner {
     registry: Registry,
     dir: PathBuf,
     config: JobsConfig,
-    engine: Engine,
+    models: Models,
     metrics: Metrics,
     jobs: Mutex<BTreeMap<String, Entry>>,
     runtime: tokio::runtime::Handle,
@@ -170,7 +170,7 @@ struct Inner {
 impl Jobs {
     /// Reads the jobs folder; jobs a previous process left queued or running are marked
     /// interrupted (their folder keeps what `resume` needs).
-    pub fn open(registry: Registry, config: JobsConfig, engine: Engine, metrics: Metrics) -> std::io::Result<Jobs> {
+    pub fn open(registry: Registry, config: JobsConfig, models: Models, metrics: Metrics) -> std::io::Result<Jobs> {
         let dir = registry.root().join(".jobs");
         std::fs::create_dir_all(&dir)?;
         let mut jobs = BTreeMap::new();
@@ -187,7 +187,7 @@ impl Jobs {
             jobs.insert(status.id.clone(), Entry { status, stop: Arc::new(AtomicU8::new(RUN)), thread: None });
         }
         let runtime = tokio::runtime::Handle::current();
-        let inner = Inner { registry, dir, config, engine, metrics, jobs: Mutex::new(jobs), runtime };
+        let inner = Inner { registry, dir, config, models, metrics, jobs: Mutex::new(jobs), runtime };
         Ok(Jobs { inner: Arc::new(inner) })
     }
 
@@ -282,9 +282,9 @@ impl Jobs {
             )));
         }
         spec.config.validate().map_err(|e| JobError::BadRequest(e.to_string()))?;
-        let live_dim = self.inner.engine.info().dim();
-        if spec.promote != Promotion::Never && data.dim != live_dim {
-            tracing::info!(dim = data.dim, live_dim, "training a model of another dimension than the live one");
+        let live_dim = self.inner.models.resolve(&spec.name, None).ok().map(|h| h.info().dim());
+        if spec.promote != Promotion::Never && live_dim.is_some_and(|d| d != data.dim) {
+            tracing::info!(dim = data.dim, ?live_dim, "training a model of another dimension than the live one");
         }
         let mut jobs = self.lock();
         ensure_idle(&jobs)?;
@@ -464,23 +464,28 @@ impl Jobs {
         let dir = registry.dir(&model_id).map_err(|e| TrainError::Data(e.to_string()))?;
         store::save(&mut model, &dir, false).map_err(|e| TrainError::Data(format!("saving the model: {e}")))?;
         let new_ll = model.card.training.as_ref().map_or(f64::NEG_INFINITY, |t| t.val_log_likelihood);
-        let live_dim = self.inner.engine.info().dim();
+        let live = self.inner.models.resolve(&spec.name, None).ok();
+        let live_dim = live.as_ref().map(|h| h.info().dim());
         let (promote, reason) = match spec.promote {
             Promotion::Never => (false, "promotion policy is `never`".to_string()),
-            // Clients of the live model send rows of its width: another width would break them.
-            Promotion::Always if val_set.dim != live_dim => {
-                (false, format!("not promoted: it takes {} values per row, the live model {live_dim}", val_set.dim))
+            Promotion::Always | Promotion::Better if live.is_none() => {
+                (true, format!("`{}` had no live version: the new name is served", spec.name))
             }
+            // Clients of the live model send rows of its width: another width would break them.
+            Promotion::Always if live_dim != Some(val_set.dim) => (
+                false,
+                format!(
+                    "not promoted: it takes {} values per row, the live model {}",
+                    val_set.dim,
+                    live_dim.unwrap_or_default()
+                ),
+            ),
             Promotion::Always => (true, "promotion policy is `always`".to_string()),
-            Promotion::Better => self.compare_with_live(new_ll, &val_set),
+            Promotion::Better => self.compare_with_live(new_ll, &val_set, &spec.name),
         };
         let promoted = promote
-            && match self.inner.runtime.block_on(self.inner.engine.swap(&dir)) {
-                Ok(_) => {
-                    self.inner.metrics.swaps.inc();
-                    registry.set_live(&model_id).map_err(|e| TrainError::Data(e.to_string()))?;
-                    true
-                }
+            && match self.inner.runtime.block_on(self.inner.models.activate(&model_id)) {
+                Ok(_) => true,
                 Err(e) => return Err(TrainError::Data(format!("the new model could not be swapped in: {e}"))),
             };
         self.update(id, |s| {
@@ -491,9 +496,12 @@ impl Jobs {
         Ok(())
     }
 
-    /// Scores the job's validation rows with the live model (a copy loaded here).
-    fn compare_with_live(&self, new_ll: f64, val: &Dataset) -> (bool, String) {
-        let info = self.inner.engine.info();
+    /// Scores the job's validation rows with `name`'s live model (a copy loaded here).
+    fn compare_with_live(&self, new_ll: f64, val: &Dataset, name: &str) -> (bool, String) {
+        let Ok(live) = self.inner.models.resolve(name, None) else {
+            return (true, format!("`{name}` had no live version: the new name is served"));
+        };
+        let info = live.info();
         if info.dim() != val.dim {
             return (
                 false,

@@ -1,10 +1,23 @@
 //! Model versions on disk: `<root>/<name>/<version>/` (each a model folder), plus
-//! `<root>/live.json` naming the live model so the choice survives a restart.
+//! `<root>/<name>/live.json` naming each name's live version, so the choice survives a restart,
+//! and `<root>/default.json` naming the model that the unprefixed routes serve. A `<root>/live.json`
+//! from before many models (one live model for the whole server) is migrated on open.
 use super::{ModelCard, StoreError, CARD_FILE};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const LIVE_FILE: &str = "live.json";
+pub const DEFAULT_FILE: &str = "default.json";
+
+#[derive(Serialize, Deserialize)]
+struct LivePointer {
+    version: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DefaultPointer {
+    name: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelId {
@@ -78,20 +91,74 @@ impl Registry {
         self.list().into_iter().rev().find(|(id, _)| id.name == name).map(|(id, _)| id)
     }
 
-    /// The live model recorded in `live.json`, if any.
-    pub fn live(&self) -> Option<ModelId> {
-        let text = std::fs::read_to_string(self.root.join(LIVE_FILE)).ok()?;
-        serde_json::from_str(&text).ok()
+    /// Every model name (a folder under the root), sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names = read_dir_names(&self.root);
+        names.sort();
+        names
     }
 
-    /// Records the live model atomically (write beside, then rename).
+    /// The version folders of `name`, sorted numerically, each with its card or why it is
+    /// unreadable.
+    pub fn versions(&self, name: &str) -> Vec<(String, Result<ModelCard, String>)> {
+        let mut versions = read_dir_names(&self.root.join(name));
+        versions.sort_by_key(|v| version_key(v));
+        versions
+            .into_iter()
+            .map(|v| {
+                let path = self.root.join(name).join(&v).join(CARD_FILE);
+                let card = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{CARD_FILE}: {e}"))
+                    .and_then(|text| ModelCard::from_json(&text, &path).map_err(|e| e.to_string()));
+                (v, card)
+            })
+            .collect()
+    }
+
+    /// The live version of `name`, as recorded.
+    pub fn live_version(&self, name: &str) -> Option<String> {
+        let text = std::fs::read_to_string(self.root.join(name).join(LIVE_FILE)).ok()?;
+        serde_json::from_str::<LivePointer>(&text).ok().map(|p| p.version)
+    }
+
+    /// Records `id` as its name's live version, atomically (write beside, then rename).
     pub fn set_live(&self, id: &ModelId) -> Result<(), StoreError> {
-        let path = self.root.join(LIVE_FILE);
-        let tmp = self.root.join(format!(".{LIVE_FILE}.tmp-{}", std::process::id()));
-        let io = |source| StoreError::Io { path: path.clone(), source };
-        let text = serde_json::to_string_pretty(id).unwrap_or_default();
-        std::fs::write(&tmp, text).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)
+        self.dir(id)?;
+        let text = serde_json::to_string_pretty(&LivePointer { version: id.version.clone() }).unwrap_or_default();
+        write_atomic(&self.root.join(&id.name).join(LIVE_FILE), &text)
+    }
+
+    /// The model the unprefixed routes serve, as recorded.
+    pub fn default_name(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.root.join(DEFAULT_FILE)).ok()?;
+        serde_json::from_str::<DefaultPointer>(&text).ok().map(|p| p.name)
+    }
+
+    pub fn set_default_name(&self, name: &str) -> Result<(), StoreError> {
+        let text = serde_json::to_string_pretty(&DefaultPointer { name: name.into() }).unwrap_or_default();
+        write_atomic(&self.root.join(DEFAULT_FILE), &text)
+    }
+
+    /// Turns a single-model `<root>/live.json` ({name, version}) into that name's live pointer
+    /// and the default name; the old file is removed once both are written.
+    pub fn migrate_single_live(&self) -> Result<Option<ModelId>, StoreError> {
+        let old = self.root.join(LIVE_FILE);
+        let Ok(text) = std::fs::read_to_string(&old) else { return Ok(None) };
+        let Ok(id) = serde_json::from_str::<ModelId>(&text) else {
+            tracing::warn!(path = %old.display(), "ignoring an unreadable live.json from before many models");
+            return Ok(None);
+        };
+        if valid_segment(&id.name) && valid_segment(&id.version) {
+            if self.live_version(&id.name).is_none() {
+                self.set_live(&id)?;
+            }
+            if self.default_name().is_none() {
+                self.set_default_name(&id.name)?;
+            }
+        }
+        std::fs::remove_file(&old).map_err(|source| StoreError::Io { path: old.clone(), source })?;
+        tracing::info!(model = %id, "migrated live.json to a per-name live pointer and default.json");
+        Ok(Some(id))
     }
 
     /// Removes leftovers of interrupted atomic saves (`.<name>.tmp-*`, `.<name>.old-*`).
@@ -109,6 +176,14 @@ impl Registry {
             }
         }
     }
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<(), StoreError> {
+    let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file}.tmp-{}", std::process::id()));
+    let io = |source| StoreError::Io { path: path.to_path_buf(), source };
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 fn read_dir_names(dir: &Path) -> Vec<String> {
