@@ -135,7 +135,13 @@ pub async fn start_training(
         }
     };
     let config = merge_config(request.config)?;
-    let name = request.name.unwrap_or_else(|| state.engine.info().card.name.clone());
+    let name = match request.name {
+        Some(name) => name,
+        None => state
+            .models
+            .default_name()
+            .ok_or_else(|| ApiError::BadRequest("no default model to train a new version of: give `name`".into()))?,
+    };
     let promote = request.promote.unwrap_or_default();
     let (data, described, source) = match (rows, request.dataset) {
         (Some(_), Some(_)) => return Err(ApiError::BadRequest("give either `dataset` or `inputs`, not both".into())),
@@ -206,52 +212,98 @@ pub async fn resume_job(State(state): State<AppState>, Path(id): Path<String>) -
     Ok((StatusCode::ACCEPTED, Json(status)).into_response())
 }
 
-#[utoipa::path(get, path = "/models", tag = "models", responses((status = 200, description = "model names and versions with their cards")))]
+#[utoipa::path(get, path = "/models", tag = "models",
+    responses((status = 200, description = "every model name with its versions: state (loaded, loading, available, unavailable with the reason), live flag and card")))]
 pub async fn list_models(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let registry = state.registry.clone();
-    let live = state.engine.info();
-    let list = tokio::task::spawn_blocking(move || registry.list()).await.unwrap_or_default();
-    let models: Vec<serde_json::Value> = list
+    let models = state.models.clone();
+    let status = tokio::task::spawn_blocking(move || models.status()).await.unwrap_or_default();
+    let default = state.models.default_model().ok().map(|h| {
+        let c = &h.info().card;
+        serde_json::json!({"name": c.name, "version": c.version})
+    });
+    let names: Vec<serde_json::Value> = status
         .into_iter()
-        .map(|(id, mut card)| {
-            let is_live = card.name == live.card.name && card.version == live.card.version;
-            let summary = card
-                .calibration
-                .take()
-                .map(|c| serde_json::json!({"rows": c.log_probs.len(), "threshold": c.threshold}));
-            let mut card = serde_json::to_value(card).unwrap_or_default();
-            card["calibration"] = summary.unwrap_or_default();
-            if let Some(t) = card.get_mut("training").and_then(|t| t.as_object_mut()) {
-                t.remove("history");
-            }
-            serde_json::json!({"name": id.name, "version": id.version, "live": is_live, "card": card})
+        .map(|n| {
+            let versions: Vec<serde_json::Value> = n
+                .versions
+                .into_iter()
+                .map(|v| {
+                    let mut out = serde_json::to_value(&v.state).unwrap_or_default();
+                    out["version"] = v.version.into();
+                    out["live"] = v.live.into();
+                    out["card"] = v.card.map(card_summary).unwrap_or_default();
+                    out
+                })
+                .collect();
+            serde_json::json!({"name": n.name, "live": n.live, "default": n.default, "versions": versions})
         })
         .collect();
-    Json(serde_json::json!({"live": {"name": live.card.name, "version": live.card.version}, "models": models}))
+    Json(serde_json::json!({"default": default, "models": names}))
+}
+
+/// A card without its calibration rows and training history.
+fn card_summary(mut card: crate::store::ModelCard) -> serde_json::Value {
+    let summary =
+        card.calibration.take().map(|c| serde_json::json!({"rows": c.log_probs.len(), "threshold": c.threshold}));
+    let mut card = serde_json::to_value(card).unwrap_or_default();
+    card["calibration"] = summary.unwrap_or_default();
+    if let Some(t) = card.get_mut("training").and_then(|t| t.as_object_mut()) {
+        t.remove("history");
+    }
+    card
 }
 
 #[utoipa::path(post, path = "/models/{name}/{version}/activate", tag = "admin",
-    responses((status = 200, description = "now live"), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    params(("name" = String, Path), ("version" = String, Path)),
+    responses((status = 200, description = "now the name's live version (loaded first if it was not)"),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the version failed validation, or the memory budget is used up", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn activate(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = ModelId { name, version };
-    // A name that cannot exist is simply not there; no message names a server folder.
-    let dir = state.registry.dir(&id).ok().filter(|d| d.join(crate::store::CARD_FILE).exists());
-    let Some(dir) = dir else {
-        return Err(ApiError::NotFound(format!("no model {id}")));
-    };
-    let info = state.engine.swap(&dir).await.map_err(|e| match e {
-        crate::engine::EngineError::Store(s) => {
-            tracing::warn!(model = %id, error = %s, "activation refused: the model folder failed validation");
-            ApiError::Conflict(format!(
-                "model {id} cannot be loaded: its folder failed validation (the server log says why)"
-            ))
-        }
-        other => ApiError::Engine(other),
-    })?;
-    state.metrics.swaps.inc();
-    state.registry.set_live(&id).map_err(|e| ApiError::Engine(crate::engine::EngineError::Store(e)))?;
-    Ok(Json(serde_json::json!({"live": {"name": info.card.name, "version": info.card.version}})))
+    let handle = state.models.activate(&id).await?;
+    let c = &handle.info().card;
+    Ok(Json(serde_json::json!({"live": {"name": c.name, "version": c.version}})))
+}
+
+/// `/models/{name}/load` or `/models/{name}/versions/{version}/load`.
+#[derive(Deserialize)]
+pub struct NameVersion {
+    name: String,
+    version: Option<String>,
+}
+
+#[utoipa::path(post, path = "/models/{name}/load", tag = "admin",
+    params(("name" = String, Path)),
+    responses((status = 200, description = "loaded: the name's live version, or with /versions/{version} that version beside it"),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the version failed validation, or the memory budget is used up", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn load_model(
+    State(state): State<AppState>,
+    Path(p): Path<NameVersion>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    // A name alone loads its live version; a version is pinned beside the live one.
+    let live = p.version.is_none() || state.models.resolve(&p.name, None).is_err();
+    let handle = state.models.load(&p.name, p.version.as_deref(), live).await?;
+    let c = &handle.info().card;
+    let is_live = state.models.resolve(&p.name, None).is_ok_and(|h| h.info().generation == handle.info().generation);
+    Ok(Json(serde_json::json!({"loaded": {"name": c.name, "version": c.version}, "live": is_live})))
+}
+
+#[utoipa::path(post, path = "/models/{name}/unload", tag = "admin",
+    params(("name" = String, Path)),
+    responses((status = 200, description = "unloaded: every version of the name, or with /versions/{version} that one"),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the version is the name's live version", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn unload_model(
+    State(state): State<AppState>,
+    Path(p): Path<NameVersion>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let versions = state.models.unload(&p.name, p.version.as_deref()).await?;
+    Ok(Json(serde_json::json!({"unloaded": {"name": p.name, "versions": versions}})))
 }

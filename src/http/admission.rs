@@ -7,7 +7,6 @@
 //! (docs/benchmarks.md has both measurements).
 use super::error::ApiError;
 use super::AppState;
-use crate::engine::EngineError;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
@@ -102,7 +101,7 @@ pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> R
     let wait = state.limits.admission_wait;
     let Some(admitted) = state.admission.admit(declared.unwrap_or(max_body), wait).await else {
         state.metrics.rejected.inc();
-        return closing(ApiError::Engine(EngineError::Overloaded).into_response());
+        return closing(ApiError::Busy.into_response());
     };
     state.metrics.admitted.set(state.admission.in_use() as i64);
     let response = next.run(req).await;

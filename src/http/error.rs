@@ -1,5 +1,6 @@
 //! Every HTTP error, mapped to a status in one place and rendered as `{"error": "..."}`.
 use crate::engine::EngineError;
+use crate::models::ModelsError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -26,8 +27,22 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("server overloaded: every admission slot is taken, retry later")]
+    Busy,
     #[error(transparent)]
     Engine(#[from] EngineError),
+}
+
+impl From<ModelsError> for ApiError {
+    fn from(e: ModelsError) -> Self {
+        match e {
+            ModelsError::NotFound(m) => ApiError::NotFound(m),
+            ModelsError::Conflict(_) | ModelsError::Invalid { .. } | ModelsError::MemoryBudget { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
+            ModelsError::Engine(e) => ApiError::Engine(e),
+        }
+    }
 }
 
 impl ApiError {
@@ -43,11 +58,12 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Engine(e) => match e {
-                EngineError::Overloaded | EngineError::Timeout(_) | EngineError::Stopped => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-                EngineError::ModelChanged { .. } => StatusCode::CONFLICT,
+                EngineError::Overloaded(_)
+                | EngineError::Timeout(_)
+                | EngineError::Stopped
+                | EngineError::Unloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
                 EngineError::Store(_) | EngineError::Kernels(_) | EngineError::Inference(_) => {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }

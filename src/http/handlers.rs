@@ -2,13 +2,15 @@
 use super::body::{npy_response, parse_json, parse_json_integral, parse_npy, wants_npy, Body, Matrix, RowsOut};
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use crate::engine::{ModelInfo, Output, Scored, Task};
+use crate::engine::{ModelHandle, ModelInfo, Output, Scored, Task};
 use crate::flow::{bits_per_dim, InpaintOptions};
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 
@@ -23,6 +25,24 @@ pub struct AppQuery<T>(pub T);
 impl From<axum::extract::rejection::QueryRejection> for ApiError {
     fn from(r: axum::extract::rejection::QueryRejection) -> Self {
         ApiError::BadRequest(format!("invalid query string: {}", r.body_text()))
+    }
+}
+
+/// The model a scoring route addresses: `/models/{name}[/versions/{version}]/...`, or the
+/// default model for the unprefixed routes.
+pub struct Target(pub ModelHandle);
+
+impl FromRequestParts<AppState> for Target {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let params = Path::<HashMap<String, String>>::from_request_parts(parts, state).await.map(|p| p.0);
+        let params = params.unwrap_or_default();
+        let handle = match params.get("name") {
+            Some(name) => state.models.resolve(name, params.get("version").map(String::as_str))?,
+            None => state.models.default_model()?,
+        };
+        Ok(Target(handle))
     }
 }
 
@@ -203,10 +223,15 @@ fn rows_output(scored: Scored) -> Result<(Vec<f32>, Arc<ModelInfo>), ApiError> {
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
         (status = 503, description = "overloaded; retry after `Retry-After`", body = ErrorBody)
     ))]
-pub async fn log_prob(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let info = state.engine.info();
+pub async fn log_prob(
+    State(state): State<AppState>,
+    Target(target): Target,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let info = target.info().clone();
     let m = inputs(&state, body, &info)?;
-    let (lp, model) = log_probs(state.engine.submit(Task::LogProb { rows: m.data }).await?)?;
+    let (lp, model) = log_probs(target.submit(Task::LogProb { rows: m.data }).await?)?;
     let (dim, eight_bit) = (model.dim(), model.card.input.eight_bit);
     let bpd: Vec<f64> = lp.iter().map(|v| bits_per_dim(*v, dim, eight_bit)).collect();
     for b in &bpd {
@@ -229,10 +254,11 @@ pub async fn log_prob(State(state): State<AppState>, headers: HeaderMap, body: B
     responses((status = 200, body = ScoreResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn score(
     State(state): State<AppState>,
+    Target(target): Target,
     AppQuery(query): AppQuery<ThresholdQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let info = state.engine.info();
+    let info = target.info().clone();
     let (m, policy) = match body {
         Body::Json(b) => {
             let r = parse_json::<ScoreRequest>(&b)?;
@@ -249,8 +275,7 @@ pub async fn score(
     m.check("inputs", info.dim(), state.limits.max_rows)?;
     m.check_domain("inputs", info.card.preprocess.domain())?;
     resolve_threshold(&info, &policy)?;
-    let (lp, model) = log_probs(state.engine.submit(Task::LogProb { rows: m.data }).await?)?;
-    // The scoring model may have been swapped in meanwhile: use its own calibration.
+    let (lp, model) = log_probs(target.submit(Task::LogProb { rows: m.data }).await?)?;
     let threshold = resolve_threshold(&model, &policy)?;
     let calibration = model.card.calibration.as_ref();
     let percentile = lp.iter().map(|v| calibration.map_or(f64::NAN, |c| c.percentile(*v))).collect();
@@ -259,7 +284,8 @@ pub async fn score(
     for v in &lp {
         state.metrics.scored_bits_per_dim.observe(bits_per_dim(*v, dim, eight_bit));
     }
-    state.metrics.anomalies.inc_by(is_anomaly.iter().filter(|a| **a).count() as u64);
+    let flagged = is_anomaly.iter().filter(|a| **a).count() as u64;
+    state.metrics.anomalies.with_label_values(&[&model.card.name]).inc_by(flagged);
     let response = ScoreResponse { log_prob: lp, percentile, is_anomaly, threshold, model: model_ref(&model) };
     Ok(with_model(Json(response).into_response(), &model))
 }
@@ -275,7 +301,7 @@ fn check_policy(policy: &ThresholdQuery) -> Result<(), ApiError> {
     }
 }
 
-fn resolve_threshold(info: &ModelInfo, policy: &ThresholdQuery) -> Result<f64, ApiError> {
+pub(super) fn resolve_threshold(info: &ModelInfo, policy: &ThresholdQuery) -> Result<f64, ApiError> {
     check_policy(policy)?;
     let bad = |m: &str| Err(ApiError::BadRequest(m.into()));
     match (policy.threshold, policy.contamination) {
@@ -295,10 +321,15 @@ fn resolve_threshold(info: &ModelInfo, policy: &ThresholdQuery) -> Result<f64, A
     request_body(content((InputsRequest = "application/json"), (Vec<u8> = "application/x-npy"))),
     responses((status = 200, description = "latents z = f(x) (NPY float32 [n, D] with Accept)", body = EncodeResponse),
         (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn encode(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let info = state.engine.info();
+pub async fn encode(
+    State(state): State<AppState>,
+    Target(target): Target,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let info = target.info().clone();
     let m = inputs(&state, body, &info)?;
-    let scored = state.engine.submit(Task::Encode { rows: m.data }).await?;
+    let scored = target.submit(Task::Encode { rows: m.data }).await?;
     let model = scored.model;
     let Output::Encode { latents, log_prob } = scored.output else {
         return Err(ApiError::Engine(crate::engine::EngineError::Inference("unexpected output".into())));
@@ -318,15 +349,20 @@ pub async fn encode(State(state): State<AppState>, headers: HeaderMap, body: Bod
 #[utoipa::path(post, path = "/decode", tag = "latents",
     request_body(content((DecodeRequest = "application/json"), (Vec<u8> = "application/x-npy"))),
     responses((status = 200, body = OutputsResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn decode(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let info = state.engine.info();
+pub async fn decode(
+    State(state): State<AppState>,
+    Target(target): Target,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let info = target.info().clone();
     let m = match body {
         Body::Json(b) => parse_json::<DecodeRequest>(&b)?.latents,
         Body::Npy(b) => parse_npy(&b)?,
     };
     m.check("latents", info.dim(), state.limits.max_rows)?;
     m.check_domain("latents", Some((-super::MAX_LATENT, super::MAX_LATENT)))?;
-    let (rows, model) = rows_output(state.engine.submit(Task::Decode { latents: m.data }).await?)?;
+    let (rows, model) = rows_output(target.submit(Task::Decode { latents: m.data }).await?)?;
     Ok(with_model(rows_response(&headers, &rows, model.dim(), &model, false)?, &model))
 }
 
@@ -353,6 +389,7 @@ fn rows_response(
         (status = 400, body = ErrorBody)))]
 pub async fn sample(
     State(state): State<AppState>,
+    Target(target): Target,
     headers: HeaderMap,
     AppQuery(q): AppQuery<SampleQuery>,
 ) -> Result<Response, ApiError> {
@@ -371,7 +408,7 @@ pub async fn sample(
         )));
     }
     let format = q.format.as_deref().unwrap_or("json");
-    let info = state.engine.info();
+    let info = target.info().clone();
     if format == "png" && info.card.image_shape().is_none() {
         return Err(ApiError::BadRequest("`format=png` needs an image model".into()));
     }
@@ -379,7 +416,7 @@ pub async fn sample(
         return Err(ApiError::BadRequest(format!("`format` must be json, npy or png, got `{format}`")));
     }
     let task = Task::Sample { n: n as usize, seed: q.seed.unwrap_or(0), temperature };
-    let (rows, model) = rows_output(state.engine.submit(task).await?)?;
+    let (rows, model) = rows_output(target.submit(task).await?)?;
     let dim = model.dim();
     let response = match (format, model.card.image_shape()) {
         ("png", Some([h, w])) => {
@@ -398,8 +435,13 @@ pub async fn sample(
 
 #[utoipa::path(post, path = "/inpaint", tag = "generation", request_body = InpaintRequest,
     responses((status = 200, body = OutputsResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn inpaint(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let info = state.engine.info();
+pub async fn inpaint(
+    State(state): State<AppState>,
+    Target(target): Target,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let info = target.info().clone();
     let r = match body {
         Body::Json(b) => parse_json_integral::<InpaintRequest>(&b)?,
         Body::Npy(_) => {
@@ -440,21 +482,33 @@ pub async fn inpaint(State(state): State<AppState>, headers: HeaderMap, body: Bo
         return Err(ApiError::BadRequest("`step_size` must be in (0, 1e6] and `noise` in [0, 1e6]".into()));
     }
     let task = Task::Inpaint { rows: r.inputs.data, missing: r.mask.data, options };
-    let (rows, model) = rows_output(state.engine.submit(task).await?)?;
+    let (rows, model) = rows_output(target.submit(task).await?)?;
     Ok(with_model(rows_response(&headers, &rows, model.dim(), &model, false)?, &model))
 }
 
 #[utoipa::path(get, path = "/model", tag = "service",
-    responses((status = 200, description = "the live model's card (calibration summarised)")))]
-pub async fn model(State(state): State<AppState>) -> Response {
-    let info = state.engine.info();
+    responses((status = 200, description = "the default model's card (calibration summarised)"),
+        (status = 404, body = ErrorBody)))]
+pub async fn model(Target(target): Target) -> Response {
+    card_response(target.info())
+}
+
+#[utoipa::path(get, path = "/models/{name}", tag = "models",
+    params(("name" = String, Path, description = "model name")),
+    responses((status = 200, description = "the card of the name's live version (calibration summarised)"),
+        (status = 404, body = ErrorBody)))]
+pub async fn named_model(Target(target): Target) -> Response {
+    card_response(target.info())
+}
+
+fn card_response(info: &ModelInfo) -> Response {
     let mut card = serde_json::to_value(&info.card).unwrap_or_default();
     if let Some(c) = &info.card.calibration {
         card["calibration"] = serde_json::json!({
             "rows": c.log_probs.len(), "threshold_quantile": c.threshold_quantile, "threshold": c.threshold,
         });
     }
-    with_model(Json(card).into_response(), &info)
+    with_model(Json(card).into_response(), info)
 }
 
 #[utoipa::path(get, path = "/health", tag = "service", responses((status = 200, description = "the process is up")))]
@@ -463,16 +517,17 @@ pub async fn health() -> Json<serde_json::Value> {
 }
 
 #[utoipa::path(get, path = "/ready", tag = "service",
-    responses((status = 200, description = "every inference thread holds the live model"),
+    responses((status = 200, description = "every inference thread is up and holds every loaded model"),
         (status = 503, description = "starting, an inference thread is reloading after a fault, or shutting down", body = ErrorBody)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let not_ready = if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
         "not ready: shutting down"
-    } else if !state.engine.is_ready() {
-        "not ready: an inference thread is (re)loading the model"
+    } else if !state.models.is_ready() {
+        "not ready: no model is loaded, or an inference thread is (re)loading the models"
     } else {
-        let info = state.engine.info();
-        return Json(serde_json::json!({"status": "ready", "model": model_ref(&info)})).into_response();
+        let models: Vec<ModelRef> = state.models.loaded().iter().map(|(h, _)| model_ref(h.info())).collect();
+        let default = state.models.default_model().ok().map(|h| model_ref(h.info()));
+        return Json(serde_json::json!({"status": "ready", "model": default, "models": models})).into_response();
     };
     (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error: not_ready.into() })).into_response()
 }
@@ -483,8 +538,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, ct)], state.metrics.render()).into_response()
 }
 
-pub async fn openapi(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(super::openapi::document(&state))
+/// The OpenAPI document for the default model (`/openapi.json`) or a named one.
+pub async fn openapi(State(state): State<AppState>, Target(target): Target) -> Json<serde_json::Value> {
+    Json(super::openapi::document(&state, target.info()))
 }
 
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {

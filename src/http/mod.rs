@@ -5,6 +5,8 @@ mod admission;
 mod body;
 mod error;
 mod handlers;
+mod oip;
+mod oip_codec;
 mod openapi;
 pub mod server;
 
@@ -12,9 +14,9 @@ pub use admission::Admission;
 pub use error::ApiError;
 pub use handlers::MODEL_HEADER;
 
-use crate::engine::Engine;
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
+use crate::models::Models;
 use crate::store::Registry;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::HeaderName;
@@ -81,7 +83,8 @@ impl Default for Limits {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub engine: Engine,
+    /// What is loaded, and the engine that runs it.
+    pub models: Models,
     pub metrics: Metrics,
     pub limits: Limits,
     /// Where model versions live (`<root>/<name>/<version>/`).
@@ -98,12 +101,11 @@ pub struct AppState {
 
 impl AppState {
     /// Scoring only: no admin routes, no training.
-    pub fn new(engine: Engine, metrics: Metrics, limits: Limits) -> AppState {
-        let registry =
-            Registry::new(engine.info().dir.parent().and_then(|p| p.parent()).unwrap_or(std::path::Path::new(".")));
-        let admission = Admission::new(engine.config().queue_depth, limits.max_inflight_bytes);
+    pub fn new(models: Models, metrics: Metrics, limits: Limits) -> AppState {
+        let registry = models.registry().clone();
+        let admission = Admission::new(models.engine().config().queue_depth, limits.max_inflight_bytes);
         let draining = Arc::new(AtomicBool::new(false));
-        AppState { engine, metrics, limits, registry, admin_token: None, jobs: None, admission, draining }
+        AppState { models, metrics, limits, registry, admin_token: None, jobs: None, admission, draining }
     }
 }
 
@@ -121,6 +123,7 @@ impl AppState {
         handlers::sample,
         handlers::inpaint,
         handlers::model,
+        handlers::named_model,
         handlers::health,
         handlers::ready,
         handlers::metrics,
@@ -130,7 +133,9 @@ impl AppState {
         admin::cancel_job,
         admin::resume_job,
         admin::list_models,
-        admin::activate
+        admin::activate,
+        admin::load_model,
+        admin::unload_model
     ),
     modifiers(&BearerAuth)
 )]
@@ -159,21 +164,48 @@ pub fn router(state: AppState) -> Router {
         .route("/train/{id}", get(admin::job).delete(admin::cancel_job))
         .route("/train/{id}/resume", post(admin::resume_job))
         .route("/models/{name}/{version}/activate", post(admin::activate))
+        .route("/models/{name}/versions/{version}/activate", post(admin::activate))
+        .route("/models/{name}/load", post(admin::load_model))
+        .route("/models/{name}/unload", post(admin::unload_model))
+        .route("/models/{name}/versions/{version}/load", post(admin::load_model))
+        .route("/models/{name}/versions/{version}/unload", post(admin::unload_model))
+        .route("/v2/repository/index", post(oip::repository_index))
+        .route("/v2/repository/models/{name}/load", post(oip::repository_load))
+        .route("/v2/repository/models/{name}/unload", post(oip::repository_unload))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin::require_admin));
     let admin = if state.admin_token.is_some() { admin } else { Router::new() };
-    // Admitted (or refused) before their bodies are read.
-    let scoring = Router::new()
-        .route("/log_prob", post(handlers::log_prob))
-        .route("/score", post(handlers::score))
-        .route("/encode", post(handlers::encode))
-        .route("/decode", post(handlers::decode))
-        .route("/sample", get(handlers::sample))
-        .route("/inpaint", post(handlers::inpaint))
+    // Admitted (or refused) before their bodies are read. The same routes serve the default
+    // model, a name's live version, and a loaded version.
+    let mut scoring = Router::new();
+    for prefix in ["", "/models/{name}", "/models/{name}/versions/{version}"] {
+        scoring = scoring
+            .route(&format!("{prefix}/log_prob"), post(handlers::log_prob))
+            .route(&format!("{prefix}/score"), post(handlers::score))
+            .route(&format!("{prefix}/encode"), post(handlers::encode))
+            .route(&format!("{prefix}/decode"), post(handlers::decode))
+            .route(&format!("{prefix}/sample"), get(handlers::sample))
+            .route(&format!("{prefix}/inpaint"), post(handlers::inpaint));
+    }
+    let scoring = scoring
+        .route("/v2/models/{name}/infer", post(oip::infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(oip::infer))
         .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit));
+    let protocol = Router::new()
+        .route("/v2", get(oip::server_metadata))
+        .route("/v2/health/live", get(oip::live))
+        .route("/v2/health/ready", get(oip::ready))
+        .route("/v2/models/{name}", get(oip::model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(oip::model_metadata))
+        .route("/v2/models/{name}/ready", get(oip::model_ready))
+        .route("/v2/models/{name}/versions/{version}/ready", get(oip::model_ready));
     Router::new()
         .merge(admin)
         .merge(scoring)
+        .merge(protocol)
         .route("/models", get(admin::list_models))
+        .route("/models/{name}", get(handlers::named_model))
+        .route("/models/{name}/versions/{version}", get(handlers::named_model))
+        .route("/models/{name}/openapi.json", get(handlers::openapi))
         .route("/model", get(handlers::model))
         .route("/health", get(handlers::health))
         .route("/ready", get(handlers::ready))

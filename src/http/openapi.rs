@@ -14,13 +14,14 @@ const F32_MAX: f64 = f32::MAX as f64;
 /// What a path segment naming a model or version may be (`store::registry::valid_segment`).
 pub const SEGMENT_PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$";
 
-pub fn document(state: &AppState) -> Value {
+/// The document for `info`'s model: the unprefixed routes and `/models/{name}/...` describe its
+/// rows (`name` can only be its name here; each model has its own `/models/{name}/openapi.json`).
+pub fn document(state: &AppState, info: &ModelInfo) -> Value {
     use utoipa::OpenApi;
     let mut doc = serde_json::to_value(super::ApiDoc::openapi()).unwrap_or_default();
-    let info = state.engine.info();
     let limits = &state.limits;
-    let rows = rows_schema(&info, limits.max_rows, info.card.preprocess.domain());
-    let latents = rows_schema(&info, limits.max_rows, Some((-super::MAX_LATENT, super::MAX_LATENT)));
+    let rows = rows_schema(info, limits.max_rows, info.card.preprocess.domain());
+    let latents = rows_schema(info, limits.max_rows, Some((-super::MAX_LATENT, super::MAX_LATENT)));
     let mask = {
         let mut m = rows.clone();
         m["items"]["items"] = json!({"type": "number", "enum": [0, 1]});
@@ -66,11 +67,109 @@ pub fn document(state: &AppState) -> Value {
         for (path, item) in paths.iter_mut() {
             let Some(item) = item.as_object_mut() else { continue };
             for (_, op) in item.iter_mut() {
-                tidy_operation(path, op, &info, state);
+                tidy_operation(path, op, info, state);
             }
         }
+        add_named_routes(paths, info);
+        add_protocol_routes(paths, info);
     }
     doc
+}
+
+/// Each scoring route again under `/models/{name}`, for this model's name.
+fn add_named_routes(paths: &mut Map<String, Value>, info: &ModelInfo) {
+    let name_param = json!({"name": "name", "in": "path", "required": true,
+        "schema": {"type": "string", "enum": [info.card.name]}, "description": "model name (its live version)"});
+    for route in ["/log_prob", "/score", "/encode", "/decode", "/sample", "/inpaint"] {
+        let Some(mut item) = paths.get(route).cloned() else { continue };
+        if let Some(item) = item.as_object_mut() {
+            for (_, op) in item.iter_mut() {
+                if let Some(id) = op.get("operationId").and_then(Value::as_str).map(|s| format!("{s}_named")) {
+                    op["operationId"] = id.into();
+                }
+                let mut params = op.get("parameters").and_then(Value::as_array).cloned().unwrap_or_default();
+                params.insert(0, name_param.clone());
+                op["parameters"] = Value::Array(params);
+                let responses = &mut op["responses"];
+                if responses.get("404").is_none() {
+                    responses["404"] = json!({"description": "no such model is loaded",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}});
+                }
+            }
+        }
+        paths.insert(format!("/models/{{name}}{route}"), item);
+    }
+}
+
+/// The Open Inference Protocol's routes (docs/protocol.md), for this model.
+fn add_protocol_routes(paths: &mut Map<String, Value>, info: &ModelInfo) {
+    let error = json!({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}});
+    let err = |text: &str| {
+        let mut e = error.clone();
+        e["description"] = text.into();
+        e
+    };
+    let ok = |text: &str| json!({"description": text, "content": {"application/json": {"schema": {"type": "object"}}}});
+    let name = json!({"name": "name", "in": "path", "required": true,
+        "schema": {"type": "string", "enum": [info.card.name]}});
+    let d = info.dim();
+    let value = match info.card.preprocess.domain() {
+        Some((lo, hi)) => json!({"type": "number", "minimum": lo, "maximum": hi}),
+        None => finite_number(),
+    };
+    let infer_request = json!({
+    "type": "object", "required": ["inputs"],
+    "properties": {
+        "id": {"type": ["string", "null"]},
+        "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+            "type": "object", "required": ["name", "shape", "datatype", "data"],
+            "properties": {
+                "name": {"type": "string", "const": "inputs"},
+                "shape": {"type": "array", "prefixItems": [{"type": "integer", "const": 1}, {"type": "integer", "const": d}],
+                    "minItems": 2, "maxItems": 2},
+                "datatype": {"type": "string", "enum": ["FP32", "FP64"]},
+                "data": {"type": "array", "minItems": d, "maxItems": d, "items": value},
+            }}},
+        "outputs": {"type": "array", "maxItems": 1, "items": {"type": "object", "required": ["name"],
+            "properties": {"name": {"type": "string", "enum": ["log_prob", "bits_per_dim", "latents"]}}}},
+    }});
+    paths.insert(
+        "/v2".into(),
+        json!({"get": {"tags": ["protocol"], "operationId": "oip_server_metadata",
+        "responses": {"200": ok("server metadata")}}}),
+    );
+    paths.insert(
+        "/v2/health/live".into(),
+        json!({"get": {"tags": ["protocol"], "operationId": "oip_live",
+        "responses": {"200": ok("the process is up")}}}),
+    );
+    paths.insert(
+        "/v2/health/ready".into(),
+        json!({"get": {"tags": ["protocol"], "operationId": "oip_ready",
+        "responses": {"200": ok("ready to score"), "503": err("not ready")}}}),
+    );
+    paths.insert(
+        "/v2/models/{name}".into(),
+        json!({"get": {"tags": ["protocol"], "operationId": "oip_model_metadata",
+        "parameters": [name.clone()],
+        "responses": {"200": ok("model metadata: inputs [-1, D], outputs"), "404": err("no such model")}}}),
+    );
+    paths.insert(
+        "/v2/models/{name}/ready".into(),
+        json!({"get": {"tags": ["protocol"], "operationId": "oip_model_ready",
+        "parameters": [name.clone()],
+        "responses": {"200": ok("the model is loaded"), "404": err("no such model")}}}),
+    );
+    paths.insert(
+        "/v2/models/{name}/infer".into(),
+        json!({"post": {"tags": ["protocol"], "operationId": "oip_infer",
+        "parameters": [name],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": infer_request}}},
+        "responses": {"200": ok("the outputs asked for (default: log_prob), JSON or binary"),
+            "400": err("malformed or invalid input"), "404": err("no such model"),
+            "408": err("the body did not arrive in time"), "413": err("too many rows, or a body over the limit"),
+            "503": err("overloaded; retry after `Retry-After`")}}}),
+    );
 }
 
 /// `n` rows of the model's D values, each within `domain` (or float32).
