@@ -5,10 +5,11 @@
 mod common;
 
 use common::*;
-use flowscore::engine::{Engine, EngineConfig};
+use flowscore::engine::EngineConfig;
 use flowscore::flow::{Preprocess, Prior};
 use flowscore::http::{AppState, Limits};
 use flowscore::metrics::Metrics;
+use flowscore::models::Models;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -32,11 +33,8 @@ async fn start(tmp: &Path, config: EngineConfig, limits: Limits) -> (SocketAddr,
     randomize(&model, 1, 0.1);
     flowscore::store::save(&mut model, &dir, false).unwrap();
     let metrics = Metrics::new();
-    let engine = {
-        let metrics = metrics.clone();
-        tokio::task::spawn_blocking(move || Engine::start(&dir, config, metrics)).await.unwrap().unwrap()
-    };
-    let state = AppState::new(engine, metrics.clone(), limits);
+    let models = Models::for_folders(&[dir.to_path_buf()], config, metrics.clone()).await.unwrap();
+    let state = AppState::new(models, metrics.clone(), limits);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(flowscore::serve::serve_on(listener, state, std::future::pending()));

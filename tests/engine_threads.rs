@@ -52,23 +52,26 @@ fn start_and_swap_leave_no_openmp_team_outside_the_inference_threads() {
     std::thread::scope(|s| s.spawn(|| write_model(&dir)).join().expect("fixture thread"));
 
     let before = threads();
-    let engine = Engine::start(&dir, EngineConfig::default(), Metrics::new()).expect("engine starts");
-    let started: Vec<String> = threads().into_iter().filter(|(t, _)| !before.contains_key(t)).map(|(_, n)| n).collect();
-    assert!(started.iter().any(|n| n == "flowscore-infer"), "no inference thread appeared: {started:?}");
-    assert!(
-        started.iter().all(|n| n == "flowscore-infer"),
-        "starting the engine left threads other than the inference threads and their pool: {started:?}"
-    );
-
-    // A swap validates the folder from a blocking thread of the async runtime (at most one here).
+    // Loads validate the folder from a blocking thread of the async runtime (at most one here).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("test-blocking")
         .max_blocking_threads(1)
         .build()
         .expect("runtime");
-    let info = runtime.block_on(engine.swap(&dir)).expect("swap succeeds");
-    assert_eq!(info.generation, 1);
+    let engine = Engine::start(EngineConfig::default(), Metrics::new()).expect("engine starts");
+    let first = runtime.block_on(engine.load(&dir)).expect("load succeeds");
+    let started: Vec<String> = threads().into_iter().filter(|(t, _)| !before.contains_key(t)).map(|(_, n)| n).collect();
+    assert!(started.iter().any(|n| n == "flowscore-infer"), "no inference thread appeared: {started:?}");
+    assert!(
+        started.iter().all(|n| n == "flowscore-infer" || n == "test-blocking"),
+        "starting the engine left threads other than the inference threads and their pool: {started:?}"
+    );
+
+    // A second version loaded beside the first, then the first unloaded: a swap.
+    let second = runtime.block_on(engine.load(&dir)).expect("second load succeeds");
+    runtime.block_on(engine.unload(&first));
+    assert_eq!(second.info().generation, 2);
     let blocking = threads().into_values().filter(|n| n == "test-blocking").count();
-    assert_eq!(blocking, 1, "the swap left an OpenMP team on the runtime's blocking thread");
+    assert_eq!(blocking, 1, "a load left an OpenMP team on the runtime's blocking thread");
 }

@@ -10,10 +10,11 @@ use axum::Router;
 use bytes::Bytes;
 use common::*;
 use flowscore::calibration::Calibration;
-use flowscore::engine::{Engine, EngineConfig};
+use flowscore::engine::EngineConfig;
 use flowscore::flow::{InpaintOptions, Preprocess, Prior};
 use flowscore::http::{AppState, Limits};
 use flowscore::metrics::Metrics;
+use flowscore::models::Models;
 use flowscore::store::Model;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -38,16 +39,16 @@ struct Fixture {
 }
 
 /// A 4×4 image model with logit preprocessing (inputs in [0, 1]).
-fn image_fixture() -> Fixture {
-    fixture(16, vec![4, 4], Preprocess::Logit { alpha: 0.05 }, 0.0, 1.0, 11)
+async fn image_fixture() -> Fixture {
+    fixture(16, vec![4, 4], Preprocess::Logit { alpha: 0.05 }, 0.0, 1.0, 11).await
 }
 
 /// A 5-column tabular model with standardisation (any finite input).
-fn tabular_fixture() -> Fixture {
-    fixture(5, vec![5], standardize(5, 3), -6.0, 6.0, 21)
+async fn tabular_fixture() -> Fixture {
+    fixture(5, vec![5], standardize(5, 3), -6.0, 6.0, 21).await
 }
 
-fn fixture(dim: usize, shape: Vec<usize>, pre: Preprocess, lo: f64, hi: f64, seed: u64) -> Fixture {
+async fn fixture(dim: usize, shape: Vec<usize>, pre: Preprocess, lo: f64, hi: f64, seed: u64) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("model");
     let mut m = random_model(dim, Prior::Logistic, pre, seed);
@@ -56,7 +57,8 @@ fn fixture(dim: usize, shape: Vec<usize>, pre: Preprocess, lo: f64, hi: f64, see
     m.card.input.shape = shape;
     flowscore::store::save(&mut m, &dir, false).unwrap();
     let metrics = Metrics::new();
-    let engine = Engine::start(&dir, EngineConfig::default(), metrics.clone()).unwrap();
+    let models =
+        Models::for_folders(std::slice::from_ref(&dir), EngineConfig::default(), metrics.clone()).await.unwrap();
     let limits = Limits {
         max_rows: MAX_ROWS,
         max_body_bytes: MAX_BODY,
@@ -64,7 +66,7 @@ fn fixture(dim: usize, shape: Vec<usize>, pre: Preprocess, lo: f64, hi: f64, see
         max_inpaint_steps: 50,
         ..Limits::default()
     };
-    let app = flowscore::http::router(AppState::new(engine, metrics, limits));
+    let app = flowscore::http::router(AppState::new(models, metrics, limits));
     let good = rows_of(&random_rows(3, dim, lo, hi, seed + 2));
     Fixture { app, dir, dim, good, _tmp: tmp }
 }
@@ -197,7 +199,7 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
 
 #[tokio::test]
 async fn log_prob_json_matches_the_flow_core() {
-    for fx in [image_fixture(), tabular_fixture()] {
+    for fx in [image_fixture().await, tabular_fixture().await] {
         let rows = rows_of(&random_rows(7, fx.dim, if fx.dim == 16 { 0.0 } else { -5.0 }, 1.0, 99));
         let (headers, v) = post_json(&fx.app, "/log_prob", &json!({ "inputs": as_f64(&rows) })).await;
         assert_eq!(header_str(&headers, "x-flowscore-model"), "test/1");
@@ -216,7 +218,7 @@ async fn log_prob_json_matches_the_flow_core() {
 
 #[tokio::test]
 async fn log_prob_accepts_npy_bodies() {
-    let fx = image_fixture();
+    let fx = image_fixture().await;
     let rows = rows_of(&random_rows(6, 16, 0.0, 1.0, 5));
     let want = core_log_prob(&fx, &rows);
 
@@ -246,7 +248,7 @@ async fn log_prob_accepts_npy_bodies() {
 
 #[tokio::test]
 async fn log_prob_answers_npy_when_asked() {
-    let fx = tabular_fixture();
+    let fx = tabular_fixture().await;
     let rows = rows_of(&random_rows(9, 5, -4.0, 4.0, 8));
     let req = Request::post("/log_prob")
         .header(header::CONTENT_TYPE, JSON)
@@ -266,7 +268,7 @@ async fn log_prob_answers_npy_when_asked() {
 
 #[tokio::test]
 async fn score_flags_rows_against_the_calibration() {
-    let fx = image_fixture();
+    let fx = image_fixture().await;
     let cal = fx.model().card.calibration.unwrap();
     // Rows pushed to the corners of the cube are far less likely than mid-range rows: a mix
     // of flagged and unflagged rows under the card's threshold.
@@ -312,7 +314,7 @@ async fn score_flags_rows_against_the_calibration() {
 
 #[tokio::test]
 async fn encode_matches_and_decode_inverts_it() {
-    for fx in [image_fixture(), tabular_fixture()] {
+    for fx in [image_fixture().await, tabular_fixture().await] {
         let lo = if fx.dim == 16 { 0.01 } else { -5.0 };
         let rows = rows_of(&random_rows(5, fx.dim, lo, 0.99, 41));
         let (headers, v) = post_json(&fx.app, "/encode", &json!({ "inputs": as_f64(&rows) })).await;
@@ -346,7 +348,7 @@ async fn encode_matches_and_decode_inverts_it() {
 
 #[tokio::test]
 async fn sample_is_seeded_and_formatted() {
-    let fx = image_fixture();
+    let fx = image_fixture().await;
     let core = |n: usize, seed: u64, t: f64| -> Vec<f64> {
         let _g = tch::no_grad_guard();
         to_vec(&fx.model().nice.sample(n, seed, t).unwrap())
@@ -385,7 +387,7 @@ async fn sample_is_seeded_and_formatted() {
     // 4 images of 4×4 in a 2×2 grid with 1-pixel gaps.
     assert_eq!((reader.info().width, reader.info().height), (9, 9));
 
-    let tab = tabular_fixture();
+    let tab = tabular_fixture().await;
     tab.refused("GET", "/sample?n=4&format=png", None, Bytes::new(), StatusCode::BAD_REQUEST, "image model").await;
     let v = get_json(&tab.app, "/sample?n=2&seed=3").await;
     assert_eq!(matrix(&v["samples"]).len(), 2);
@@ -394,7 +396,7 @@ async fn sample_is_seeded_and_formatted() {
 
 #[tokio::test]
 async fn inpaint_keeps_observed_values_and_is_deterministic() {
-    let fx = image_fixture();
+    let fx = image_fixture().await;
     let rows = rows_of(&random_rows(3, 16, 0.05, 0.95, 51));
     let mask: Vec<Vec<f64>> = (0..3).map(|r| (0..16).map(|c| ((c + r) % 3 == 0) as u8 as f64).collect()).collect();
     let body =
@@ -451,7 +453,7 @@ async fn inpaint_keeps_observed_values_and_is_deterministic() {
 
 #[tokio::test]
 async fn model_card_and_service_routes() {
-    let fx = image_fixture();
+    let fx = image_fixture().await;
     let card = fx.model().card;
     let v = get_json(&fx.app, "/model").await;
     assert_eq!(v["name"], "test");
@@ -499,7 +501,7 @@ async fn model_card_and_service_routes() {
 
 #[tokio::test]
 async fn bad_json_bodies_are_refused() {
-    let fx = image_fixture();
+    let fx = image_fixture().await;
     let row = |n: usize| vec![0.5f64; n];
     let bad = StatusCode::BAD_REQUEST;
     let cases: Vec<(String, &str)> = vec![
@@ -562,7 +564,7 @@ async fn bad_json_bodies_are_refused() {
 
 #[tokio::test]
 async fn oversize_requests_are_refused() {
-    let fx = image_fixture();
+    let fx = image_fixture().await;
     let too_many = json!({ "inputs": vec![vec![0.5f64; 16]; MAX_ROWS + 1] }).to_string();
     fx.refused("POST", "/log_prob", Some(JSON), too_many.clone(), StatusCode::PAYLOAD_TOO_LARGE, "too many rows: 101")
         .await;
@@ -585,7 +587,7 @@ async fn oversize_requests_are_refused() {
 
 #[tokio::test]
 async fn bad_npy_bodies_are_refused() {
-    let fx = image_fixture();
+    let fx = image_fixture().await;
     let bad = StatusCode::BAD_REQUEST;
     let ints = flowscore::data::npy_bytes(&[1i64; 32], &[2, 16]).unwrap();
     fx.refused("POST", "/log_prob", Some(NPY), ints, bad, "expected float32, float64 or uint8").await;
@@ -613,7 +615,7 @@ async fn bad_npy_bodies_are_refused() {
 
 #[tokio::test]
 async fn bad_sample_queries_are_refused() {
-    let fx = image_fixture();
+    let fx = image_fixture().await;
     let cases = [
         ("n=0", "`n` must be at least 1, got 0"),
         ("n=-3", "`n` must be at least 1, got -3"),
@@ -636,7 +638,7 @@ async fn bad_sample_queries_are_refused() {
 
 #[tokio::test]
 async fn bad_inpaint_requests_are_refused() {
-    let fx = image_fixture();
+    let fx = image_fixture().await;
     let bad = StatusCode::BAD_REQUEST;
     let inputs = vec![vec![0.5f64; 16]; 2];
     let half: Vec<f64> = (0..16).map(|i| (i % 2) as f64).collect();
@@ -668,7 +670,7 @@ async fn bad_inpaint_requests_are_refused() {
 
 #[tokio::test]
 async fn bad_score_policies_are_refused() {
-    let fx = image_fixture();
+    let fx = image_fixture().await;
     let bad = StatusCode::BAD_REQUEST;
     let inputs = vec![vec![0.5f64; 16]; 2];
     let cases = [
@@ -690,7 +692,7 @@ async fn bad_score_policies_are_refused() {
 
 #[tokio::test]
 async fn unknown_routes_and_wrong_methods_get_json_errors() {
-    let fx = image_fixture();
+    let fx = image_fixture().await;
     fx.refused("GET", "/nope", None, Bytes::new(), StatusCode::NOT_FOUND, "no route for /nope").await;
     fx.refused("POST", "/log_prob/extra", Some(JSON), "{}", StatusCode::NOT_FOUND, "no route").await;
     fx.refused("GET", "/log_prob", None, Bytes::new(), StatusCode::METHOD_NOT_ALLOWED, "method not allowed").await;
@@ -703,7 +705,7 @@ async fn unknown_routes_and_wrong_methods_get_json_errors() {
 
 #[tokio::test]
 async fn a_row_scores_the_same_alone_or_in_a_batch() {
-    for fx in [image_fixture(), tabular_fixture()] {
+    for fx in [image_fixture().await, tabular_fixture().await] {
         let lo = if fx.dim == 16 { 0.0 } else { -5.0 };
         let rows = rows_of(&random_rows(50, fx.dim, lo, 1.0, 61));
         let (_, v) = post_json(&fx.app, "/log_prob", &json!({ "inputs": as_f64(&rows) })).await;
@@ -757,8 +759,8 @@ async fn numbers_or_refused(fx: &Fixture, method: &str, uri: &str, body: Option<
 
 #[tokio::test]
 async fn overflowing_results_are_never_served_as_null() {
-    let tab = tabular_fixture();
-    let img = image_fixture();
+    let tab = tabular_fixture().await;
+    let img = image_fixture().await;
     // 3e38 is a valid float32, but (x - mean) / std overflows in the standardisation.
     let extreme = json!({ "inputs": [vec![3e38; 5], vec![0.5; 5]] });
     numbers_or_refused(&tab, "POST", "/log_prob", Some(extreme.clone())).await;
@@ -772,7 +774,7 @@ async fn overflowing_results_are_never_served_as_null() {
 
 #[tokio::test]
 async fn score_never_calls_an_unscorable_row_normal() {
-    let tab = tabular_fixture();
+    let tab = tabular_fixture().await;
     let body = json!({ "inputs": [vec![3e38; 5], vec![-3e38; 5], vec![0.5; 5]] });
     let (status, _, bytes) = call(&tab.app, "POST", "/score", Some(JSON), body.to_string()).await;
     let v: Value = serde_json::from_slice(&bytes).unwrap();
@@ -793,7 +795,7 @@ async fn score_never_calls_an_unscorable_row_normal() {
 
 #[tokio::test]
 async fn inpaint_never_touches_observed_values_even_when_the_update_overflows() {
-    let fx = image_fixture();
+    let fx = image_fixture().await;
     let rows = rows_of(&random_rows(1, 16, 0.05, 0.95, 71));
     let mask: Vec<f64> = (0..16).map(|i| (i % 2) as f64).collect();
     // Finite, non-negative noise that passes validation, but whose per-step draws overflow f32.
@@ -813,7 +815,7 @@ async fn inpaint_never_touches_observed_values_even_when_the_update_overflows() 
 /// the flow core run in float64.
 #[tokio::test]
 async fn extreme_rows_get_finite_log_densities() {
-    let f = tabular_fixture();
+    let f = tabular_fixture().await;
     let rows: Rows = vec![vec![1.0; 5], vec![f32::MAX, -f32::MAX, 0.0, 1e30, -1e20], vec![3e38, 1.0, 2.0, 3.0, 4.0]];
     let (_, v) = post_json(&f.app, "/log_prob", &serde_json::json!({ "inputs": rows })).await;
     let lp: Vec<f64> = v["log_prob"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();

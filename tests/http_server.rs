@@ -3,10 +3,11 @@
 mod common;
 
 use common::*;
-use flowscore::engine::{Engine, EngineConfig};
+use flowscore::engine::EngineConfig;
 use flowscore::flow::{Preprocess, Prior};
 use flowscore::http::{AppState, Limits};
 use flowscore::metrics::Metrics;
+use flowscore::models::Models;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -25,11 +26,8 @@ async fn start(dir: &Path, config: EngineConfig) -> Server {
 
 async fn start_with(dir: &Path, config: EngineConfig, limits: Limits) -> Server {
     let metrics = Metrics::new();
-    let engine = {
-        let (dir, metrics) = (dir.to_path_buf(), metrics.clone());
-        tokio::task::spawn_blocking(move || Engine::start(&dir, config, metrics)).await.unwrap().unwrap()
-    };
-    let state = AppState::new(engine, metrics.clone(), limits);
+    let models = Models::for_folders(&[dir.to_path_buf()], config, metrics.clone()).await.unwrap();
+    let state = AppState::new(models, metrics.clone(), limits);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -114,7 +112,7 @@ async fn concurrent_clients_get_exactly_their_own_rows() {
     let batches = metric(&text, "flowscore_batch_rows_count");
     assert!(batches < 256.0, "{batches} forward passes for 256 concurrent requests: no batching happened");
     assert_eq!(
-        metric(&text, "flowscore_rows_total{op=\"log_prob\"}"),
+        metric(&text, "flowscore_rows_total{model=\"served\",op=\"log_prob\"}"),
         expected.iter().flatten().map(|e| e.len()).sum::<usize>() as f64
     );
 }
@@ -221,14 +219,16 @@ async fn metrics_pass_promtool() {
         "flowscore_http_requests_total{method=\"POST\",route=\"/log_prob\",status=\"200\"} 3",
         "flowscore_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"} 1",
         "flowscore_model_info{name=\"served\",version=\"1\"} 1",
-        "flowscore_rows_total{op=\"log_prob\"} 9",
+        "flowscore_rows_total{model=\"served\",op=\"log_prob\"} 9",
+        "flowscore_model_request_seconds_count{model=\"served\"} 3",
+        "flowscore_models_loaded 1",
+        "flowscore_model_memory_bytes",
         "flowscore_scored_bpd_count 9",
         "flowscore_http_request_duration_seconds_bucket",
         "flowscore_queue_wait_seconds_bucket",
         "flowscore_inference_seconds_bucket",
         "flowscore_batch_rows_bucket",
-        "flowscore_queue_depth",
-        "flowscore_anomalies_total",
+        "flowscore_queue_depth{model=\"served\"}",
         "flowscore_rejected_total 0",
     ] {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");

@@ -111,12 +111,22 @@ async fn train_promote_and_serve_the_new_version() {
     let expected = tch::no_grad(|| v2.nice.log_prob(&x).unwrap().double_value(&[0]));
     assert!((after["log_prob"][0].as_f64().unwrap() - expected).abs() < 1e-9);
     // The choice is recorded, and the models listing shows both versions.
-    let live: Value = serde_json::from_str(&std::fs::read_to_string(models.join("live.json")).unwrap()).unwrap();
-    assert_eq!(live, json!({"name": "tab", "version": "2"}));
+    let live: Value = serde_json::from_str(&std::fs::read_to_string(models.join("tab/live.json")).unwrap()).unwrap();
+    assert_eq!(live, json!({"version": "2"}));
     let (_, list) = s.get("/models").await;
-    let versions: Vec<&str> =
-        list["models"].as_array().unwrap().iter().map(|m| m["version"].as_str().unwrap()).collect();
-    assert_eq!(versions, ["1", "2"]);
+    let tab = &list["models"][0];
+    assert_eq!(
+        (tab["name"].as_str(), tab["live"].as_str(), tab["default"].as_bool()),
+        (Some("tab"), Some("2"), Some(true))
+    );
+    let states: Vec<(&str, &str)> = tab["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["version"].as_str().unwrap(), v["state"].as_str().unwrap()))
+        .collect();
+    // The previous live version was unloaded by the swap; it stays on disk.
+    assert_eq!(states, [("1", "available"), ("2", "loaded")]);
     // Metrics saw the job and the swap.
     let text = s.client.get(format!("{}/metrics", s.base)).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("flowscore_train_jobs_total{outcome=\"succeeded\"} 1"), "{text}");
@@ -136,9 +146,10 @@ async fn cancel_stops_within_a_batch_and_writes_no_model() {
     let tmp = tempfile::tempdir().unwrap();
     let (models, data) = workspace(tmp.path());
     let s = start(&models, &data, Some(TOKEN)).await;
-    // The first start records what it serves, so later versions of other names don't take over.
-    let live: Value = serde_json::from_str(&std::fs::read_to_string(models.join("live.json")).unwrap()).unwrap();
-    assert_eq!(live, json!({"name": "tab", "version": "1"}));
+    // The first start records each name's live version, so a later version does not take over
+    // on a restart by sorting last.
+    let live: Value = serde_json::from_str(&std::fs::read_to_string(models.join("tab/live.json")).unwrap()).unwrap();
+    assert_eq!(live, json!({"version": "1"}));
     let (status, job) = s.post("/train", json!({"dataset": {"path": "good.csv"}, "config": small(10_000)})).await;
     assert_eq!(status, 202);
     let id = job["id"].as_str().unwrap().to_string();
@@ -199,16 +210,26 @@ async fn bad_datasets_are_refused_with_a_reason() {
     assert!(body["error"].as_str().unwrap().contains("at least 3 rows"), "{body}");
     // No message names a folder of the server.
     assert!(!body.to_string().contains(tmp.path().to_str().unwrap()), "{body}");
-    // Uploaded rows of the wrong width: trained, but never promoted, whatever the policy.
+    // Uploaded rows of another width for a served name: trained, but never promoted, whatever
+    // the policy.
     let rows: Vec<Vec<f64>> = (0..200).map(|i| vec![i as f64 / 10.0, (i % 7) as f64]).collect();
     for (promote, reason) in [("better", "not comparable"), ("always", "takes 2 values per row")] {
-        let body = json!({"inputs": rows, "name": "other", "config": small(2), "promote": promote});
+        let body = json!({"inputs": rows, "name": "tab", "config": small(2), "promote": promote});
         let (got, job) = s.post("/train", body).await;
         assert_eq!(got, 202, "{job}");
         let job = s.wait_done(job["id"].as_str().unwrap(), Duration::from_secs(60)).await;
         assert_eq!(job["promoted"], false);
         assert!(job["promotion_reason"].as_str().unwrap().contains(reason), "{job}");
     }
+    // A new name is served as soon as its job ends, beside the default model.
+    let body = json!({"inputs": rows, "name": "other", "config": small(2)});
+    let (_, job) = s.post("/train", body).await;
+    let job = s.wait_done(job["id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(job["promoted"], true, "{job}");
+    let (got, out) = s.post("/models/other/log_prob", json!({"inputs": [[1.0, 2.0]]})).await;
+    assert_eq!((got, out["model"]["name"].as_str()), (200, Some("other")), "{out}");
+    let (got, out) = s.post("/log_prob", json!({"inputs": [[0.0, 0.0, 0.0]]})).await;
+    assert_eq!((got, out["model"]["name"].as_str()), (200, Some("tab")), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -440,6 +461,9 @@ fn interrupted_jobs_resume_to_the_uninterrupted_model() {
     // No half-written folders; every version that exists loads.
     for entry in std::fs::read_dir(models.join("tab")).unwrap() {
         let entry = entry.unwrap();
+        if !entry.file_type().unwrap().is_dir() {
+            continue; // live.json
+        }
         let name = entry.file_name().to_string_lossy().into_owned();
         assert!(!name.starts_with('.'), "left a temporary folder {name}");
         flowscore::store::load(&entry.path(), tch::Device::Cpu).unwrap();
