@@ -4,7 +4,7 @@
 #
 # Seeding: every <name>/<version> of the baked-in models ($FLOWSCORE_SEED_MODELS_FROM) that is
 # missing from $FLOWSCORE_MODELS_DIR is copied in (atomically: copy, then rename). Nothing there
-# is ever overwritten, so trained versions and live.json survive restarts and image upgrades.
+# is ever overwritten, so trained versions and live pointers survive restarts and image upgrades.
 # Set FLOWSCORE_SEED_MODELS_FROM= (empty) to turn it off.
 set -euo pipefail
 
@@ -25,9 +25,12 @@ if [ -n "$seed" ] && [ -d "$seed" ]; then
     mv "$tmp" "$dest"
     echo "flowscore-entrypoint: seeded $name/$version into $models" >&2
   done
-  if [ -f "$seed/live.json" ] && [ ! -e "$models/live.json" ]; then
-    cp "$seed/live.json" "$models/live.json"
-  fi
+  # The default name and each name's live version, where the volume has none yet.
+  for pointer in "$seed"/default.json "$seed"/*/live.json; do
+    [ -f "$pointer" ] || continue
+    dest="$models/${pointer#"$seed"/}"
+    [ -e "$dest" ] || cp "$pointer" "$dest"
+  done
 fi
 mkdir -p "${FLOWSCORE_DATA_DIR:-/data}"
 

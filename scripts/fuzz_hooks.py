@@ -22,7 +22,7 @@ def filter_body(ctx, body):
     if ctx.operation.path == "/train" and isinstance(rows, list) and rows and all(isinstance(r, list) for r in rows):
         return len({len(r) for r in rows}) == 1
     mask = body.get("mask")
-    if ctx.operation.path == "/inpaint" and isinstance(rows, list) and isinstance(mask, list):
+    if ctx.operation.path.endswith("/inpaint") and isinstance(rows, list) and isinstance(mask, list):
         return len(rows) == len(mask)
     return True
 

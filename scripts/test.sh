@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what it needs, then format, lints, the
 # Rust tests (unit, exactness, store, training, CLI, Python-loader agreement), the Python
-# loader's own self-check, the API fuzzer and the Docker end-to-end check.
+# loader's own self-check, the API fuzzer, the Open Inference Protocol conformance check with
+# tritonclient, and the Docker end-to-end check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --python
@@ -11,5 +12,7 @@ cargo test --release
 .venv/bin/python python/test_flowscore_torch.py
 # The HTTP API fuzzed from its own OpenAPI document (schemathesis, every check).
 scripts/fuzz.sh
+# The Open Inference Protocol with a real client (tritonclient[http]).
+scripts/oip-conformance.sh
 # The Docker image and compose stack end to end (docker/e2e.sh), where a Docker daemon answers.
 if docker info >/dev/null 2>&1; then docker/e2e.sh; else echo "docker not available: skipping docker e2e"; fi
