@@ -6,6 +6,10 @@
 //! Usage: cargo bench --bench load -- --url http://127.0.0.1:8080/log_prob --body FILE
 //!        [--content-type application/json] [--rows 64] [--concurrency 8,32,128] [--seconds 15]
 //!        [--warmup 2] [--method POST|GET] (GET sends no body; --body is then optional)
+//!        [--header 'name: value'] (one extra request header)
+//!        [--targets FILE] (lines `PATH BODY_FILE`: each request takes the next target in turn,
+//!        each connection starting at its own offset, spreading load uniformly over them; the
+//!        --url's path and --body are then ignored)
 //! Prints one line per concurrency:
 //!   load concurrency=.. seconds=.. ok=.. refused=.. other=.. errors=.. ok_rows_per_s=..
 //!     ok_p50_ms=.. ok_p99_ms=.. refused_p99_ms=..
@@ -19,9 +23,11 @@ use std::time::{Duration, Instant};
 struct Args {
     get: bool,
     host: String,
-    path: String,
-    body: Bytes,
+    /// (path, body) pairs; a connection cycles through them.
+    targets: Vec<(String, Bytes)>,
     content_type: String,
+    /// One extra header, e.g. `inference-header-content-length: 123`.
+    header: Option<(String, String)>,
     rows: f64,
     concurrency: Vec<usize>,
     seconds: f64,
@@ -41,11 +47,28 @@ fn parse_args() -> Args {
     let (host, path) =
         rest.split_once('/').map_or((rest.to_string(), "/".to_string()), |(h, p)| (h.into(), format!("/{p}")));
     let method = get("--method").unwrap_or_else(|| "POST".into());
-    let body = match get("--body") {
-        Some(file) => std::fs::read(&file).unwrap_or_else(|e| fail(&format!("{file}: {e}"))),
-        None if method == "GET" => Vec::new(),
-        None => fail("--body is required for POST"),
+    let read = |file: &str| std::fs::read(file).unwrap_or_else(|e| fail(&format!("{file}: {e}")));
+    let targets: Vec<(String, Bytes)> = match get("--targets") {
+        Some(list) => String::from_utf8_lossy(&read(&list))
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| match l.split_once(' ') {
+                Some((p, f)) => (p.to_string(), Bytes::from(read(f.trim()))),
+                None => fail("--targets lines are `PATH BODY_FILE`"),
+            })
+            .collect(),
+        None => {
+            let body = match get("--body") {
+                Some(file) => read(&file),
+                None if method == "GET" => Vec::new(),
+                None => fail("--body is required for POST"),
+            };
+            vec![(path, Bytes::from(body))]
+        }
     };
+    if targets.is_empty() {
+        fail("--targets lists no target");
+    }
     let number = |name: &str, default: f64| {
         get(name).map_or(default, |v| v.parse().unwrap_or_else(|_| fail(&format!("{name} needs a number"))))
     };
@@ -57,9 +80,12 @@ fn parse_args() -> Args {
     Args {
         get: method == "GET",
         host,
-        path,
-        body: Bytes::from(body),
+        targets,
         content_type: get("--content-type").unwrap_or_else(|| "application/json".into()),
+        header: get("--header").map(|h| match h.split_once(':') {
+            Some((k, v)) => (k.trim().to_string(), v.trim().to_string()),
+            None => fail("--header takes `name: value`"),
+        }),
         rows: number("--rows", 1.0),
         concurrency,
         seconds: number("--seconds", 15.0),
@@ -76,8 +102,9 @@ struct Tally {
 }
 
 /// One connection's loop until `end`; counts what completes inside [start, end).
-async fn client(args: Arc<Args>, start: Instant, end: Instant, tally: Arc<Mutex<Tally>>) {
+async fn client(args: Arc<Args>, id: usize, start: Instant, end: Instant, tally: Arc<Mutex<Tally>>) {
     let mut local = Tally::default();
+    let mut turn = id * 7919;
     let mut sender: Option<http1::SendRequest<Full<Bytes>>> = None;
     while Instant::now() < end {
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
@@ -91,12 +118,14 @@ async fn client(args: Arc<Args>, start: Instant, end: Instant, tally: Arc<Mutex<
             };
         }
         let Some(s) = sender.as_mut() else { continue };
-        let builder =
-            if args.get { hyper::Request::get(args.path.as_str()) } else { hyper::Request::post(args.path.as_str()) };
-        let request = builder
-            .header("host", args.host.as_str())
-            .header("content-type", args.content_type.as_str())
-            .body(Full::new(args.body.clone()));
+        let (path, body) = &args.targets[turn % args.targets.len()];
+        turn += 1;
+        let builder = if args.get { hyper::Request::get(path.as_str()) } else { hyper::Request::post(path.as_str()) };
+        let mut builder = builder.header("host", args.host.as_str()).header("content-type", args.content_type.as_str());
+        if let Some((k, v)) = &args.header {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        let request = builder.body(Full::new(body.clone()));
         let Ok(request) = request else { fail("cannot build the request") };
         let sent = Instant::now();
         let outcome = async {
@@ -167,7 +196,8 @@ fn main() {
         let start = Instant::now() + Duration::from_secs_f64(args.warmup);
         let end = start + Duration::from_secs_f64(args.seconds);
         runtime.block_on(async {
-            let tasks: Vec<_> = (0..c).map(|_| tokio::spawn(client(args.clone(), start, end, tally.clone()))).collect();
+            let tasks: Vec<_> =
+                (0..c).map(|i| tokio::spawn(client(args.clone(), i, start, end, tally.clone()))).collect();
             for t in tasks {
                 let _ = t.await;
             }

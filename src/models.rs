@@ -301,7 +301,7 @@ impl Models {
     /// persisted: the folder is not in the registry).
     async fn load_folder(&self, dir: &Path) -> Result<ModelHandle, ModelsError> {
         let _change = self.0.changes.lock().await;
-        let handle = self.0.engine.load(dir).await.map_err(|e| invalid(&dir.display().to_string(), e))?;
+        let handle = self.0.engine.load(dir, None).await.map_err(|e| invalid(&dir.display().to_string(), e))?;
         self.make_live(&handle, false).await?;
         Ok(handle)
     }
@@ -328,7 +328,7 @@ impl Models {
             }
         }
         self.write().names.entry(id.name.clone()).or_default().loading.insert(id.version.clone());
-        let loaded = self.0.engine.load(dir).await;
+        let loaded = self.0.engine.load(dir, Some(id)).await;
         let mut table = self.write();
         let entry = table.names.entry(id.name.clone()).or_default();
         entry.loading.remove(&id.version);

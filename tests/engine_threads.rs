@@ -60,7 +60,7 @@ fn start_and_swap_leave_no_openmp_team_outside_the_inference_threads() {
         .build()
         .expect("runtime");
     let engine = Engine::start(EngineConfig::default(), Metrics::new()).expect("engine starts");
-    let first = runtime.block_on(engine.load(&dir)).expect("load succeeds");
+    let first = runtime.block_on(engine.load(&dir, None)).expect("load succeeds");
     let started: Vec<String> = threads().into_iter().filter(|(t, _)| !before.contains_key(t)).map(|(_, n)| n).collect();
     assert!(started.iter().any(|n| n == "flowscore-infer"), "no inference thread appeared: {started:?}");
     assert!(
@@ -69,7 +69,7 @@ fn start_and_swap_leave_no_openmp_team_outside_the_inference_threads() {
     );
 
     // A second version loaded beside the first, then the first unloaded: a swap.
-    let second = runtime.block_on(engine.load(&dir)).expect("second load succeeds");
+    let second = runtime.block_on(engine.load(&dir, None)).expect("second load succeeds");
     runtime.block_on(engine.unload(&first));
     assert_eq!(second.info().generation, 2);
     let blocking = threads().into_values().filter(|n| n == "test-blocking").count();

@@ -7,7 +7,7 @@ mod worker;
 use crate::flow::InpaintOptions;
 use crate::kernels::{CpuKernels, KernelError};
 use crate::metrics::Metrics;
-use crate::store::{self, ModelCard};
+use crate::store::{self, ModelCard, ModelId};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -285,15 +285,20 @@ impl Engine {
     }
 
     /// Validates `dir` (on a thread of its own), then has every inference thread load its own
-    /// copy, prepare its kernels and warm up. The returned handle takes work at once.
-    pub async fn load(&self, dir: &Path) -> Result<ModelHandle, EngineError> {
+    /// copy, prepare its kernels and warm up. The returned handle takes work at once. `id`, when
+    /// given, names the model (a registry folder's `<name>/<version>` wins over its card's).
+    pub async fn load(&self, dir: &Path, id: Option<&ModelId>) -> Result<ModelHandle, EngineError> {
         let dir = dir.to_path_buf();
-        let card = tokio::task::spawn_blocking({
+        let mut card = tokio::task::spawn_blocking({
             let dir = dir.clone();
             move || validate(&dir)
         })
         .await
         .map_err(|e| EngineError::Inference(e.to_string()))??;
+        if let Some(id) = id {
+            card.name.clone_from(&id.name);
+            card.version.clone_from(&id.version);
+        }
         let generation = self.shared.next_generation.fetch_add(1, Ordering::SeqCst) + 1;
         let memory_bytes = memory_estimate(&card, self.config.workers);
         let info = Arc::new(ModelInfo { card, dir, generation, memory_bytes });
