@@ -1,9 +1,12 @@
 //! flowscore: exact density scoring with NICE normalizing flows.
+pub mod anomaly;
 pub mod calibration;
 pub mod cli;
 pub mod data;
+pub mod drift;
 pub mod engine;
 pub mod eval;
+pub mod explain;
 pub mod flow;
 pub mod http;
 pub mod image;

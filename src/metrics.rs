@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// A handle on one registry's metrics. Cloning is one reference count: the HTTP layer clones
@@ -33,6 +33,9 @@ pub struct MetricSet {
     pub models_loaded: IntGauge,
     pub model_memory_bytes: IntGauge,
     pub model_load_failures: IntCounterVec,
+    pub drift_ks_statistic: GaugeVec,
+    pub drift_p_value: GaugeVec,
+    pub drift_window_rows: IntGaugeVec,
     pub in_flight: IntGauge,
     pub rejected: IntCounter,
     pub admitted: IntGauge,
@@ -103,6 +106,25 @@ impl MetricSet {
             &["model"],
         )
         .expect("valid counter");
+        let drift_gauge = |name: &str, help: &str| {
+            let g = GaugeVec::new(Opts::new(name, help), &["model"]).expect("valid gauge");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let drift_ks_statistic = drift_gauge(
+            "flowscore_drift_ks_statistic",
+            "Kolmogorov-Smirnov statistic of the model's recent log_probs against its calibration rows.",
+        );
+        let drift_p_value = drift_gauge(
+            "flowscore_drift_p_value",
+            "p-value of that test: small when recent rows do not look like the calibration rows.",
+        );
+        let drift_window_rows = IntGaugeVec::new(
+            Opts::new("flowscore_drift_window_rows", "Recent rows in the model's drift window."),
+            &["model"],
+        )
+        .expect("valid gauge");
+        registry.register(Box::new(drift_window_rows.clone())).expect("unique metric");
         let model_load_failures = IntCounterVec::new(
             Opts::new("flowscore_model_load_failures_total", "Model versions that failed to load, by model."),
             &["model"],
@@ -169,6 +191,9 @@ impl MetricSet {
                 "Estimated bytes the inference threads hold for the loaded models (the budget's measure).",
             ),
             model_load_failures,
+            drift_ks_statistic,
+            drift_p_value,
+            drift_window_rows,
             in_flight: gauge("flowscore_http_requests_in_flight", "HTTP requests being served."),
             rejected: counter(
                 "flowscore_rejected_total",
@@ -234,6 +259,9 @@ impl MetricSet {
         let _ = self.queue_depth.remove_label_values(&[name]);
         let _ = self.model_seconds.remove_label_values(&[name]);
         let _ = self.anomalies.remove_label_values(&[name]);
+        let _ = self.drift_ks_statistic.remove_label_values(&[name]);
+        let _ = self.drift_p_value.remove_label_values(&[name]);
+        let _ = self.drift_window_rows.remove_label_values(&[name]);
         for op in ["log_prob", "encode", "decode", "sample", "inpaint"] {
             let _ = self.rows.remove_label_values(&[name, op]);
         }

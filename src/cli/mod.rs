@@ -44,6 +44,41 @@ pub enum Command {
     Serve(crate::serve::ServeArgs),
     /// Create an untrained model folder (random weights), e.g. for benchmarks.
     Init(InitArgs),
+    /// Recompute a model's calibration (every score kind) from held-out normal rows.
+    Calibrate(CalibrateArgs),
+    /// Which features make each row unlikely (one JSON line per row; a heat map for images).
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Features listed per row, largest attribution first.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Image models: write the first row's attributions as a PNG heat map here.
+    #[arg(long)]
+    pub png: Option<PathBuf>,
+    #[command(flatten)]
+    pub data_args: DataArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CalibrateArgs {
+    /// The model folder; its card is rewritten (weights unchanged).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Held-out rows of normal data (not trained on).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Share of calibration rows flagged by the default threshold.
+    #[arg(long, default_value_t = crate::calibration::DEFAULT_THRESHOLD_QUANTILE)]
+    pub threshold_quantile: f64,
+    #[command(flatten)]
+    pub data_args: DataArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -169,6 +204,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train_cmd(a),
         Command::Eval(a) => eval_cmd(a),
+        Command::Calibrate(a) => calibrate_cmd(a),
+        Command::Explain(a) => explain_cmd(a),
         Command::Sample(a) => sample_cmd(a),
         Command::Inspect(a) => inspect_cmd(a),
         Command::Serve(a) => {
@@ -296,6 +333,51 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         report["auroc"] = crate::eval::auroc(&scores, &positive).into();
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn calibrate_cmd(a: CalibrateArgs) -> Result<()> {
+    let mut model = load_model(&a.model)?;
+    let data = load_data(&a.data, &a.data_args, None, None)?;
+    let dim = model.nice.dim();
+    if data.dim != dim {
+        bail!("{} has {} columns, the model expects {dim}", data.source, data.dim);
+    }
+    let lp = train::log_probs(&model.nice, &data)?;
+    let calibration = train::calibrate(&model.card, &data, &lp, a.threshold_quantile)?;
+    let report = serde_json::json!({
+        "model": a.model.display().to_string(), "rows": data.n, "default_kind": calibration.default_kind,
+        "threshold": calibration.threshold,
+        "kinds": if calibration.complexity_corrected.is_some() { vec!["likelihood", "complexity_corrected"] } else { vec!["likelihood"] },
+    });
+    model.card.calibration = Some(calibration);
+    store::save(&mut model, &a.model, true)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn explain_cmd(a: ExplainArgs) -> Result<()> {
+    let model = load_model(&a.model)?;
+    let data = load_data(&a.data, &a.data_args, None, None)?;
+    let dim = model.nice.dim();
+    if data.dim != dim {
+        bail!("{} has {} columns, the model expects {dim}", data.source, data.dim);
+    }
+    let grid = crate::explain::grid(&model)?;
+    let x = tch::Tensor::from_slice(&data.rows).view([data.n as i64, dim as i64]);
+    let e = crate::explain::explain(&model, &x, &grid)?;
+    for (i, (row, lp)) in e.attributions.chunks(dim).zip(&e.log_prob).enumerate() {
+        let top: Vec<serde_json::Value> = crate::explain::top_k(row, a.top_k)
+            .into_iter()
+            .map(|j| serde_json::json!({"feature": j, "attribution": row[j]}))
+            .collect();
+        println!("{}", serde_json::json!({"row": i, "log_prob": lp, "top": top}));
+    }
+    if let Some(path) = &a.png {
+        let [h, w] = model.card.image_shape().context("--png needs an image model")?;
+        let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        crate::image::write_png_heatmap(std::io::BufWriter::new(file), &e.attributions[..dim], h, w, 8)?;
+    }
     Ok(())
 }
 

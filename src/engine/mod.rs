@@ -73,17 +73,37 @@ impl ModelInfo {
 /// One unit of inference work. Row data is row-major f32, already validated.
 #[derive(Debug)]
 pub enum Task {
-    LogProb { rows: Vec<f32> },
-    Encode { rows: Vec<f32> },
-    Decode { latents: Vec<f32> },
-    Sample { n: usize, seed: u64, temperature: f64 },
-    Inpaint { rows: Vec<f32>, missing: Vec<f32>, options: InpaintOptions },
+    LogProb {
+        rows: Vec<f32>,
+    },
+    Encode {
+        rows: Vec<f32>,
+    },
+    Decode {
+        latents: Vec<f32>,
+    },
+    Sample {
+        n: usize,
+        seed: u64,
+        temperature: f64,
+    },
+    Inpaint {
+        rows: Vec<f32>,
+        missing: Vec<f32>,
+        options: InpaintOptions,
+    },
+    /// Per-feature attributions (`crate::explain`).
+    Explain {
+        rows: Vec<f32>,
+    },
 }
 
 impl Task {
     fn rows(&self, dim: usize) -> usize {
         match self {
-            Task::LogProb { rows } | Task::Encode { rows } | Task::Inpaint { rows, .. } => rows.len() / dim.max(1),
+            Task::LogProb { rows } | Task::Encode { rows } | Task::Inpaint { rows, .. } | Task::Explain { rows } => {
+                rows.len() / dim.max(1)
+            }
             Task::Decode { latents } => latents.len() / dim.max(1),
             Task::Sample { n, .. } => *n,
         }
@@ -96,6 +116,7 @@ impl Task {
             Task::Decode { .. } => "decode",
             Task::Sample { .. } => "sample",
             Task::Inpaint { .. } => "inpaint",
+            Task::Explain { .. } => "explain",
         }
     }
 }
@@ -105,6 +126,7 @@ pub enum Output {
     LogProb(Vec<f64>),
     Encode { latents: Vec<f32>, log_prob: Vec<f64> },
     Rows(Vec<f32>),
+    Explain { attributions: Vec<f64>, log_prob: Vec<f64> },
 }
 
 /// A result and the model that produced it.

@@ -403,6 +403,11 @@ fn compute(model: &Model, jobs: &[Job], dim: usize) -> Result<Vec<Output>, Engin
             let out = model.nice.inpaint(&x, &m, options).map_err(flow_err)?;
             Ok(vec![Output::Rows(to_vec(&out)?)])
         }
+        Task::Explain { rows } => {
+            let grid = crate::explain::grid(model).map_err(flow_err)?;
+            let e = crate::explain::explain(model, &tensor(rows, dim)?, &grid).map_err(flow_err)?;
+            Ok(vec![Output::Explain { attributions: e.attributions, log_prob: e.log_prob }])
+        }
     }
 }
 

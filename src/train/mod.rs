@@ -9,6 +9,7 @@ mod config;
 
 pub use config::{LrSchedule, PreprocessChoice, TrainConfig};
 
+use crate::anomaly::ScoreKind;
 use crate::calibration::Calibration;
 use crate::data::Dataset;
 use crate::flow::{bits_per_dim, Architecture, FlowError, Nice, Preprocess};
@@ -179,6 +180,32 @@ pub fn resume(
     run(cfg, train, val, test, state, observer)
 }
 
+/// Calibration from held-out rows and their log_probs. The default score kind is chosen here:
+/// `complexity_corrected` for 8-bit image models (raw likelihood ranks simple out-of-distribution
+/// images above the data; docs/anomaly.md), `likelihood` for everything else.
+pub fn calibrate(
+    card: &crate::store::ModelCard,
+    rows: &Dataset,
+    log_probs: &[f64],
+    threshold_quantile: f64,
+) -> Result<Calibration, TrainError> {
+    let err = |e: String| TrainError::Data(format!("calibration: {e}"));
+    let calibration = Calibration::from_log_probs(log_probs, threshold_quantile).map_err(|e| err(e.to_string()))?;
+    match (card.image_shape(), card.input.eight_bit) {
+        (Some(shape), true) => {
+            let scores = rows
+                .rows
+                .chunks_exact(rows.dim)
+                .zip(log_probs)
+                .map(|(row, lp)| crate::anomaly::score(ScoreKind::ComplexityCorrected, *lp, row, Some(shape)))
+                .collect::<Result<Vec<f64>, _>>()
+                .map_err(|e| err(e.to_string()))?;
+            calibration.with_complexity_corrected(&scores).map_err(|e| err(e.to_string()))
+        }
+        _ => Ok(calibration),
+    }
+}
+
 /// The epochs after `state.progress.epochs_done`, then the best weights, calibration and summary.
 fn run(
     cfg: &TrainConfig,
@@ -272,8 +299,7 @@ fn run(
     let (best_val, best_epoch) = progress.best.ok_or_else(|| TrainError::Config("no epoch ran".into()))?;
     restore(&model, &best_weights);
     let val_lp = log_probs(&model.nice, val)?;
-    let calibration = Calibration::from_log_probs(&val_lp, cfg.threshold_quantile)
-        .map_err(|e| TrainError::Data(format!("calibration: {e}")))?;
+    let calibration = calibrate(&model.card, val, &val_lp, cfg.threshold_quantile)?;
     let test_ll = match test {
         Some(t) => Some(mean(&log_probs(&model.nice, t)?)),
         None => None,
