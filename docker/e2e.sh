@@ -174,7 +174,7 @@ say "prometheus: flowscore_http_requests_total{route=\"/log_prob\"} = $(json "d[
 
 # --- training over the API ------------------------------------------------------------
 curl -fsS --max-time 10 "$fs/models" -o "$tmp/models.json" || fail "GET /models"
-live_before=$(json "d['live']['name'] + '/' + d['live']['version']" <"$tmp/models.json")
+live_before=$(json "d['default']['name'] + '/' + d['default']['version']" <"$tmp/models.json")
 python3 - "$tmp/train.json" <<'PY'
 import json, random, sys
 rng = random.Random(1)
@@ -208,10 +208,10 @@ wait_ready 300
 cid=$(compose ps -q flowscore)
 wait_healthy
 curl -fsS --max-time 10 "$fs/models" -o "$tmp/models.json" || fail "GET /models"
-[ "$(json "any(m['name'] + '/' + m['version'] == '$trained' for m in d['models'])" <"$tmp/models.json")" = True ] ||
+[ "$(json "any(m['name'] + '/' + v['version'] == '$trained' for m in d['models'] for v in m['versions'])" <"$tmp/models.json")" = True ] ||
   fail "after restart, GET /models does not list $trained: $(head -c 600 "$tmp/models.json")"
-live_after=$(json "d['live']['name'] + '/' + d['live']['version']" <"$tmp/models.json")
-say "after restart: /models lists $(json "', '.join(m['name'] + '/' + m['version'] for m in d['models'])" <"$tmp/models.json"); live $live_after"
+live_after=$(json "d['default']['name'] + '/' + d['default']['version']" <"$tmp/models.json")
+say "after restart: /models lists $(json "', '.join(m['name'] + '/' + v['version'] for m in d['models'] for v in m['versions'])" <"$tmp/models.json"); live $live_after"
 [ "$live_after" = "$live_before" ] || fail "the live model changed from $live_before to $live_after across the restart (promote: never)"
 code=$(curl -sS --max-time 30 -o /dev/null -w '%{http_code}' -X POST "$fs/log_prob" \
   -H 'content-type: application/json' --data-binary @"$tmp/rows.json")

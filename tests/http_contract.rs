@@ -674,7 +674,7 @@ async fn bad_score_policies_are_refused() {
     let bad = StatusCode::BAD_REQUEST;
     let inputs = vec![vec![0.5f64; 16]; 2];
     let cases = [
-        (json!({ "inputs": inputs, "threshold": -10.0, "contamination": 0.1 }), "not both"),
+        (json!({ "inputs": inputs, "threshold": -10.0, "contamination": 0.1 }), "at most one"),
         (json!({ "inputs": inputs, "contamination": 1.5 }), "`contamination` must be in (0, 1)"),
         (json!({ "inputs": inputs, "contamination": 0.0 }), "`contamination` must be in (0, 1)"),
         (json!({ "inputs": inputs, "threshold": "low" }), "invalid type: string"),
@@ -683,7 +683,7 @@ async fn bad_score_policies_are_refused() {
         fx.refused("POST", "/score", Some(JSON), body.to_string(), bad, needle).await;
     }
     let npy = npy_f32(&vec![vec![0.5f32; 16]; 2]);
-    fx.refused("POST", "/score?threshold=-1&contamination=0.1", Some(NPY), npy.clone(), bad, "not both").await;
+    fx.refused("POST", "/score?threshold=-1&contamination=0.1", Some(NPY), npy.clone(), bad, "at most one").await;
     fx.refused("POST", "/score?contamination=1.5", Some(NPY), npy.clone(), bad, "`contamination` must be in (0, 1)")
         .await;
     fx.refused("POST", "/score?threshold=low", Some(NPY), npy.clone(), bad, "invalid query string").await;

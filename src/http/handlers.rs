@@ -2,6 +2,8 @@
 use super::body::{npy_response, parse_json, parse_json_integral, parse_npy, wants_npy, Body, Matrix, RowsOut};
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
+use crate::anomaly::{judge, Policy, ScoreKind};
+use crate::drift::DriftReport;
 use crate::engine::{ModelHandle, ModelInfo, Output, Scored, Task};
 use crate::flow::{bits_per_dim, InpaintOptions};
 use axum::extract::{FromRequestParts, Path, State};
@@ -59,19 +61,35 @@ pub struct InputsRequest {
 pub struct ScoreRequest {
     #[schema(value_type = Vec<Vec<f64>>)]
     pub inputs: Matrix,
-    /// Flag rows whose log_prob is below this (nats).
+    /// `likelihood` or `complexity_corrected` (8-bit image models); default: the model's.
+    pub kind: Option<ScoreKind>,
+    /// Flag rows whose log_prob is below this (nats) for `likelihood`, or whose score is above
+    /// this for other kinds.
     pub threshold: Option<f64>,
     /// Or: flag this share of the calibration rows.
     pub contamination: Option<f64>,
+    /// Or: flag by Benjamini–Hochberg over this request's rows at this false discovery rate.
+    pub fdr: Option<f64>,
 }
 
 #[derive(Deserialize, ToSchema, IntoParams, Default)]
 #[into_params(parameter_in = Query)]
 pub struct ThresholdQuery {
-    /// Flag rows whose log_prob is below this (nats).
+    /// `likelihood` or `complexity_corrected` (8-bit image models); default: the model's.
+    pub kind: Option<ScoreKind>,
+    /// Flag rows whose log_prob is below this (nats) for `likelihood`, or whose score is above
+    /// this for other kinds.
     pub threshold: Option<f64>,
     /// Or: flag this share of the calibration rows (the threshold is that quantile).
     pub contamination: Option<f64>,
+    /// Or: flag by Benjamini–Hochberg over this request's rows at this false discovery rate.
+    pub fdr: Option<f64>,
+}
+
+impl ThresholdQuery {
+    pub fn policy(&self) -> Policy {
+        Policy { kind: self.kind, threshold: self.threshold, contamination: self.contamination, fdr: self.fdr }
+    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -131,9 +149,15 @@ pub struct ScoreResponse {
     pub log_prob: Vec<f64>,
     /// Share of the model's calibration rows with a lower log_prob.
     pub percentile: Vec<f64>,
+    /// The score kind used.
+    pub score_kind: ScoreKind,
+    /// Each row's score of that kind: higher is more anomalous.
+    pub scores: Vec<f64>,
+    /// Conformal p-value of each score against the calibration rows' (null without calibration).
+    pub p_value: Option<Vec<f64>>,
     pub is_anomaly: Vec<bool>,
-    /// The log_prob threshold used.
-    pub threshold: f64,
+    /// The threshold used: log_prob nats for `likelihood`, the score otherwise; null under `fdr`.
+    pub threshold: Option<f64>,
     pub model: ModelRef,
 }
 
@@ -237,6 +261,7 @@ pub async fn log_prob(
     for b in &bpd {
         state.metrics.scored_bits_per_dim.observe(*b);
     }
+    state.drift.record(&model, &lp);
     let response = if wants_npy(&headers) {
         npy_response(&lp, &[lp.len() as u64])?
     } else {
@@ -262,59 +287,191 @@ pub async fn score(
     let (m, policy) = match body {
         Body::Json(b) => {
             let r = parse_json::<ScoreRequest>(&b)?;
-            check_policy(&query)?;
-            // The body's policy wins; the query string fills in what the body leaves out.
-            let policy = match (r.threshold, r.contamination) {
-                (None, None) => query,
-                (threshold, contamination) => ThresholdQuery { threshold, contamination },
+            query.policy().check().map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            // The body's fields win; the query string fills in what the body leaves out.
+            let body = Policy { kind: r.kind, threshold: r.threshold, contamination: r.contamination, fdr: r.fdr };
+            let choice = body.threshold.is_some() || body.contamination.is_some() || body.fdr.is_some();
+            let q = query.policy();
+            let policy = Policy {
+                kind: body.kind.or(q.kind),
+                threshold: if choice { body.threshold } else { q.threshold },
+                contamination: if choice { body.contamination } else { q.contamination },
+                fdr: if choice { body.fdr } else { q.fdr },
             };
             (r.inputs, policy)
         }
-        Body::Npy(b) => (parse_npy(&b)?, query),
+        Body::Npy(b) => (parse_npy(&b)?, query.policy()),
     };
     m.check("inputs", info.dim(), state.limits.max_rows)?;
     m.check_domain("inputs", info.card.preprocess.domain())?;
-    resolve_threshold(&info, &policy)?;
+    // Refuse a policy the model cannot serve before computing anything.
+    let calibration = info.card.calibration.as_ref();
+    judge(calibration, image(&info), &policy, &[], info.dim(), &[]).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let rows = m.data.clone();
     let (lp, model) = log_probs(target.submit(Task::LogProb { rows: m.data }).await?)?;
-    let threshold = resolve_threshold(&model, &policy)?;
-    let calibration = model.card.calibration.as_ref();
+    let j = judge(calibration, image(&model), &policy, &rows, model.dim(), &lp)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let percentile = lp.iter().map(|v| calibration.map_or(f64::NAN, |c| c.percentile(*v))).collect();
-    let is_anomaly: Vec<bool> = lp.iter().map(|v| *v < threshold).collect();
     let (dim, eight_bit) = (model.dim(), model.card.input.eight_bit);
     for v in &lp {
         state.metrics.scored_bits_per_dim.observe(bits_per_dim(*v, dim, eight_bit));
     }
-    let flagged = is_anomaly.iter().filter(|a| **a).count() as u64;
+    state.drift.record(&model, &lp);
+    let flagged = j.is_anomaly.iter().filter(|a| **a).count() as u64;
     state.metrics.anomalies.with_label_values(&[&model.card.name]).inc_by(flagged);
-    let response = ScoreResponse { log_prob: lp, percentile, is_anomaly, threshold, model: model_ref(&model) };
+    let response = ScoreResponse {
+        log_prob: lp,
+        percentile,
+        score_kind: j.kind,
+        scores: j.scores,
+        p_value: j.p_values,
+        is_anomaly: j.is_anomaly,
+        threshold: j.threshold,
+        model: model_ref(&model),
+    };
     Ok(with_model(Json(response).into_response(), &model))
 }
 
-/// The values of a threshold policy, wherever it came from.
-fn check_policy(policy: &ThresholdQuery) -> Result<(), ApiError> {
-    let bad = |m: &str| Err(ApiError::BadRequest(m.into()));
-    match (policy.threshold, policy.contamination) {
-        (Some(_), Some(_)) => bad("give either `threshold` or `contamination`, not both"),
-        (Some(t), None) if !t.is_finite() => bad("`threshold` must be a finite number"),
-        (None, Some(c)) if !(c > 0.0 && c < 1.0) => bad("`contamination` must be in (0, 1)"),
-        _ => Ok(()),
+/// The [H, W] of an 8-bit image model, for image-only score kinds.
+pub(super) fn image(info: &ModelInfo) -> Option<[usize; 2]> {
+    info.card.image_shape().filter(|_| info.card.input.eight_bit)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// Rows of D numbers.
+    #[schema(value_type = Vec<Vec<f64>>)]
+    pub inputs: Matrix,
+    /// How many of each row's top features to list (default 5).
+    pub top_k: Option<usize>,
+}
+
+#[derive(Deserialize, IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+pub struct ExplainQuery {
+    /// How many of each row's top features to list (default 5).
+    pub top_k: Option<usize>,
+    /// `json` (default), or `png`: the first row's attributions as a heat map (image models).
+    pub format: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ExplainResponse<'a> {
+    /// Per row and feature: the log-likelihood gained by re-optimising that feature given the
+    /// others (nats, ≥ 0). Large values are the features that make the row unlikely.
+    #[schema(value_type = Vec<Vec<f64>>)]
+    pub attributions: RowsOut64<'a>,
+    /// Per row, the indices of the largest attributions, largest first.
+    pub top_features: Vec<Vec<usize>>,
+    pub log_prob: Vec<f64>,
+    /// The layout of one row ([H, W] for images): attributions reshape to it.
+    pub shape: Vec<usize>,
+    pub model: ModelRef,
+}
+
+/// Rows of f64 written as nested arrays without copying.
+pub struct RowsOut64<'a> {
+    pub data: &'a [f64],
+    pub cols: usize,
+}
+
+impl Serialize for RowsOut64<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.data.len() / self.cols.max(1)))?;
+        for row in self.data.chunks(self.cols.max(1)) {
+            seq.serialize_element(row)?;
+        }
+        seq.end()
     }
 }
 
-pub(super) fn resolve_threshold(info: &ModelInfo, policy: &ThresholdQuery) -> Result<f64, ApiError> {
-    check_policy(policy)?;
-    let bad = |m: &str| Err(ApiError::BadRequest(m.into()));
-    match (policy.threshold, policy.contamination) {
-        (Some(t), _) => Ok(t),
-        (None, Some(c)) => match &info.card.calibration {
-            Some(cal) => cal.quantile(c).map_err(|e| ApiError::BadRequest(e.to_string())),
-            None => bad("this model has no calibration data; pass `threshold`"),
-        },
-        (None, None) => match &info.card.calibration {
-            Some(cal) => Ok(cal.threshold),
-            None => bad("this model has no calibration data; pass `threshold`"),
-        },
+fn explain_grid(info: &ModelInfo) -> usize {
+    if info.card.input.eight_bit {
+        crate::explain::IMAGE_GRID
+    } else {
+        crate::explain::TABULAR_GRID
     }
+}
+
+/// Rows one /explain request may carry for this model (at least 1).
+pub(super) fn explain_row_limit(info: &ModelInfo) -> usize {
+    (MAX_EXPLAIN_CANDIDATES / (info.dim() * explain_grid(info)).max(1)).max(1)
+}
+
+/// Largest `top_k` accepted.
+pub const MAX_TOP_K: usize = 1_000_000;
+
+/// Candidate rows one explanation request may score at most (rows × D × candidates per feature).
+pub const MAX_EXPLAIN_CANDIDATES: usize = 1 << 18;
+
+#[utoipa::path(post, path = "/explain", tag = "scoring", params(ExplainQuery),
+    request_body(content((ExplainRequest = "application/json"), (Vec<u8> = "application/x-npy"))),
+    responses((status = 200, description = "per-feature attributions (or a PNG heat map of the first row with `format=png`)", body = ExplainResponse),
+        (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn explain(
+    State(state): State<AppState>,
+    Target(target): Target,
+    AppQuery(q): AppQuery<ExplainQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let info = target.info().clone();
+    let (m, top_k) = match body {
+        Body::Json(b) => {
+            let r = parse_json_integral::<ExplainRequest>(&b)?;
+            (r.inputs, [r.top_k, q.top_k])
+        }
+        Body::Npy(b) => (parse_npy(&b)?, [None, q.top_k]),
+    };
+    if let Some(k) = top_k.iter().flatten().find(|k| **k > MAX_TOP_K) {
+        return Err(ApiError::BadRequest(format!("`top_k` is {k}; the limit is {MAX_TOP_K}")));
+    }
+    // The body's value wins over the query string's.
+    let top_k = top_k[0].or(top_k[1]);
+    m.check("inputs", info.dim(), state.limits.max_rows)?;
+    m.check_domain("inputs", info.card.preprocess.domain())?;
+    let format = q.format.as_deref().unwrap_or("json");
+    let shape = image(&info);
+    match (format, shape) {
+        ("json", _) | ("png", Some(_)) => {}
+        ("png", None) => return Err(ApiError::BadRequest("`format=png` needs an 8-bit image model".into())),
+        (other, _) => return Err(ApiError::BadRequest(format!("`format` must be json or png, got `{other}`"))),
+    }
+    let limit = explain_row_limit(&info);
+    if m.rows > limit {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "explaining a row of {} features scores {} candidate rows, and one request may score {MAX_EXPLAIN_CANDIDATES}: \
+             send at most {limit} rows per request (got {})",
+            info.dim(),
+            info.dim() * explain_grid(&info),
+            m.rows
+        )));
+    }
+    let top_k = top_k.unwrap_or(5).min(info.dim());
+    let scored = target.submit(Task::Explain { rows: m.data }).await?;
+    let model = scored.model;
+    let Output::Explain { attributions, log_prob } = scored.output else {
+        return Err(ApiError::Engine(crate::engine::EngineError::Inference("unexpected output".into())));
+    };
+    ensure_finite(&log_prob, 1, "log-density")?;
+    let dim = model.dim();
+    if let (true, Some([h, w])) = (format == "png", shape) {
+        let mut png = Vec::new();
+        crate::image::write_png_heatmap(&mut png, &attributions[..dim], h, w, 8)
+            .map_err(|e| ApiError::BadRequest(format!("cannot draw the heat map: {e}")))?;
+        let response = ([(header::CONTENT_TYPE, HeaderValue::from_static("image/png"))], png).into_response();
+        return Ok(with_model(response, &model));
+    }
+    let top_features = attributions.chunks(dim).map(|row| crate::explain::top_k(row, top_k)).collect();
+    let response = ExplainResponse {
+        attributions: RowsOut64 { data: &attributions, cols: dim },
+        top_features,
+        log_prob,
+        shape: model.card.input.shape.clone(),
+        model: model_ref(&model),
+    };
+    Ok(with_model(Json(response).into_response(), &model))
 }
 
 #[utoipa::path(post, path = "/encode", tag = "latents",
@@ -532,8 +689,31 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error: not_ready.into() })).into_response()
 }
 
+#[utoipa::path(get, path = "/models/{name}/drift", tag = "models",
+    params(("name" = String, Path, description = "model name")),
+    responses((status = 200, description = "the name's recent log_probs against its calibration rows (KS test)", body = DriftReport),
+        (status = 404, description = "no such model is loaded", body = ErrorBody),
+        (status = 409, description = "the model has no calibration data", body = ErrorBody)))]
+pub async fn drift(State(state): State<AppState>, Target(target): Target) -> Result<Json<DriftReport>, ApiError> {
+    state
+        .drift
+        .report(target.info())
+        .map(Json)
+        .ok_or_else(|| ApiError::Conflict("this model has no calibration data to compare with".into()))
+}
+
 #[utoipa::path(get, path = "/metrics", tag = "service", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    // The drift gauges are computed at each scrape, for the live versions.
+    for (h, live) in state.models.loaded() {
+        let info = h.info();
+        if let (true, Some(r)) = (live, state.drift.report(info)) {
+            let name = [info.card.name.as_str()];
+            state.metrics.drift_ks_statistic.with_label_values(&name).set(r.ks_statistic);
+            state.metrics.drift_p_value.with_label_values(&name).set(r.p_value);
+            state.metrics.drift_window_rows.with_label_values(&name).set(r.window_rows as i64);
+        }
+    }
     let ct = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
     ([(header::CONTENT_TYPE, ct)], state.metrics.render()).into_response()
 }

@@ -14,6 +14,7 @@ pub use admission::Admission;
 pub use error::ApiError;
 pub use handlers::MODEL_HEADER;
 
+use crate::drift::Drift;
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::models::Models;
@@ -97,6 +98,8 @@ pub struct AppState {
     pub admission: Admission,
     /// Set once shutdown has begun: /ready answers 503.
     pub draining: Arc<AtomicBool>,
+    /// Each model's recent log_probs, for the drift test.
+    pub drift: Drift,
 }
 
 impl AppState {
@@ -105,7 +108,8 @@ impl AppState {
         let registry = models.registry().clone();
         let admission = Admission::new(models.engine().config().queue_depth, limits.max_inflight_bytes);
         let draining = Arc::new(AtomicBool::new(false));
-        AppState { models, metrics, limits, registry, admin_token: None, jobs: None, admission, draining }
+        let drift = Drift::new(crate::drift::DEFAULT_WINDOW);
+        AppState { models, metrics, limits, registry, admin_token: None, jobs: None, admission, draining, drift }
     }
 }
 
@@ -122,8 +126,10 @@ impl AppState {
         handlers::decode,
         handlers::sample,
         handlers::inpaint,
+        handlers::explain,
         handlers::model,
         handlers::named_model,
+        handlers::drift,
         handlers::health,
         handlers::ready,
         handlers::metrics,
@@ -184,7 +190,8 @@ pub fn router(state: AppState) -> Router {
             .route(&format!("{prefix}/encode"), post(handlers::encode))
             .route(&format!("{prefix}/decode"), post(handlers::decode))
             .route(&format!("{prefix}/sample"), get(handlers::sample))
-            .route(&format!("{prefix}/inpaint"), post(handlers::inpaint));
+            .route(&format!("{prefix}/inpaint"), post(handlers::inpaint))
+            .route(&format!("{prefix}/explain"), post(handlers::explain));
     }
     let scoring = scoring
         .route("/v2/models/{name}/infer", post(oip::infer))
@@ -206,6 +213,7 @@ pub fn router(state: AppState) -> Router {
         .route("/models/{name}", get(handlers::named_model))
         .route("/models/{name}/versions/{version}", get(handlers::named_model))
         .route("/models/{name}/openapi.json", get(handlers::openapi))
+        .route("/models/{name}/drift", get(handlers::drift))
         .route("/model", get(handlers::model))
         .route("/health", get(handlers::health))
         .route("/ready", get(handlers::ready))

@@ -1,13 +1,14 @@
 //! The Open Inference Protocol (KServe v2 REST) over the loaded models, with Triton's binary
 //! tensor data and model repository extensions. One input, `inputs`, of FP32 or FP64 rows
-//! `[N, D]`; outputs by name: `log_prob` (the default), `bits_per_dim`, `percentile`,
-//! `is_anomaly` (the fields of /score) and `latents` (of /encode). docs/protocol.md has the
-//! mapping.
+//! `[N, D]`; outputs by name: `log_prob` (the default), `bits_per_dim`, `percentile`, `score`,
+//! `p_value`, `is_anomaly` (the fields of /score) and `latents` (of /encode). docs/models.md has
+//! the mapping.
 use super::body::Matrix;
 use super::error::{ApiError, ErrorBody};
-use super::handlers::{resolve_threshold, ThresholdQuery, MODEL_HEADER};
+use super::handlers::{image, MODEL_HEADER};
 use super::oip_codec::{self, OipError, OutData, OutTensor, HEADER_LENGTH};
 use super::AppState;
+use crate::anomaly::{judge, Policy, ScoreKind};
 use crate::engine::{ModelHandle, Output, Task};
 use crate::flow::bits_per_dim;
 use axum::body::Bytes;
@@ -19,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// The outputs a request may ask for, in the order metadata lists them.
-pub const OUTPUTS: [&str; 5] = ["log_prob", "bits_per_dim", "percentile", "is_anomaly", "latents"];
+pub const OUTPUTS: [&str; 7] = ["log_prob", "bits_per_dim", "percentile", "score", "p_value", "is_anomaly", "latents"];
 pub const INPUT: &str = "inputs";
 pub const PLATFORM: &str = "flowscore_nice";
 
@@ -86,6 +87,8 @@ pub async fn model_metadata(State(state): State<AppState>, Path(a): Path<Address
             {"name": "log_prob", "datatype": "FP64", "shape": [-1]},
             {"name": "bits_per_dim", "datatype": "FP64", "shape": [-1]},
             {"name": "percentile", "datatype": "FP64", "shape": [-1]},
+            {"name": "score", "datatype": "FP64", "shape": [-1]},
+            {"name": "p_value", "datatype": "FP64", "shape": [-1]},
             {"name": "is_anomaly", "datatype": "BOOL", "shape": [-1]},
             {"name": "latents", "datatype": "FP32", "shape": [-1, d]},
         ],
@@ -136,12 +139,19 @@ pub async fn infer(
     if wanted.is_empty() {
         wanted.push(("log_prob".into(), request.binary_data_output));
     }
-    let policy = threshold_policy(&request.parameters)?;
+    let policy = policy(&request.parameters)?;
     let needs = |name: &str| wanted.iter().any(|(n, _)| n == name);
-    if needs("percentile") && info.card.calibration.is_none() {
-        return Err(ApiError::BadRequest("`percentile` needs a model with calibration data".into()));
+    let calibration = info.card.calibration.as_ref();
+    if (needs("percentile") || needs("p_value")) && calibration.is_none() {
+        return Err(ApiError::BadRequest("`percentile` and `p_value` need a model with calibration data".into()));
     }
-    let threshold = if needs("is_anomaly") { Some(resolve_threshold(&info, &policy)?) } else { None };
+    let judged = needs("score") || needs("p_value") || needs("is_anomaly");
+    if judged {
+        // Refuse a policy the model cannot serve before computing anything.
+        judge(calibration, image(&info), &policy, &[], info.dim(), &[])
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
+    let kept = if judged { m.data.clone() } else { Vec::new() };
     let rows = m.data;
     let (log_prob, latents) = if needs("latents") {
         match handle.submit(Task::Encode { rows }).await?.output {
@@ -161,20 +171,30 @@ pub async fn infer(
     }
     let n = log_prob.len();
     let (dim, eight_bit) = (info.dim(), info.card.input.eight_bit);
+    let judgement = if judged {
+        Some(
+            judge(calibration, image(&info), &policy, &kept, dim, &log_prob)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?,
+        )
+    } else {
+        None
+    };
     let mut outputs = Vec::with_capacity(wanted.len());
     for (name, binary) in wanted {
+        let j = judgement.as_ref();
         let (shape, data) = match name.as_str() {
             "log_prob" => (vec![n], OutData::Fp64(log_prob.clone())),
             "bits_per_dim" => {
                 (vec![n], OutData::Fp64(log_prob.iter().map(|v| bits_per_dim(*v, dim, eight_bit)).collect()))
             }
-            "percentile" => {
-                let cal = info.card.calibration.as_ref();
-                (vec![n], OutData::Fp64(log_prob.iter().map(|v| cal.map_or(0.0, |c| c.percentile(*v))).collect()))
-            }
+            "percentile" => (
+                vec![n],
+                OutData::Fp64(log_prob.iter().map(|v| calibration.map_or(0.0, |c| c.percentile(*v))).collect()),
+            ),
+            "score" => (vec![n], OutData::Fp64(j.map(|j| j.scores.clone()).unwrap_or_default())),
+            "p_value" => (vec![n], OutData::Fp64(j.and_then(|j| j.p_values.clone()).unwrap_or_default())),
             "is_anomaly" => {
-                let t = threshold.unwrap_or(f64::NEG_INFINITY);
-                let flags: Vec<bool> = log_prob.iter().map(|v| *v < t).collect();
+                let flags = j.map(|j| j.is_anomaly.clone()).unwrap_or_default();
                 let flagged = flags.iter().filter(|f| **f).count() as u64;
                 state.metrics.anomalies.with_label_values(&[&info.card.name]).inc_by(flagged);
                 (vec![n], OutData::Bool(flags))
@@ -192,6 +212,7 @@ pub async fn infer(
     for v in &log_prob {
         state.metrics.scored_bits_per_dim.observe(bits_per_dim(*v, dim, eight_bit));
     }
+    state.drift.record(&info, &log_prob);
     let encoded = oip_codec::encode_infer(&info.card.name, Some(&info.card.version), request.id.as_deref(), &outputs);
     let mut response = encoded.body.into_response();
     let h = response.headers_mut();
@@ -214,8 +235,9 @@ fn unexpected() -> ApiError {
     ApiError::Engine(crate::engine::EngineError::Inference("unexpected output".into()))
 }
 
-/// `threshold` or `contamination` from the request's parameters, as /score takes them.
-fn threshold_policy(params: &serde_json::Map<String, Value>) -> Result<ThresholdQuery, ApiError> {
+/// `score_kind`, `threshold`, `contamination` or `fdr` from the request's parameters, as /score
+/// takes them.
+fn policy(params: &serde_json::Map<String, Value>) -> Result<Policy, ApiError> {
     let number = |key: &str| match params.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -223,7 +245,15 @@ fn threshold_policy(params: &serde_json::Map<String, Value>) -> Result<Threshold
             .map(Some)
             .ok_or_else(|| ApiError::BadRequest(format!("parameter `{key}` must be a number, got {v}"))),
     };
-    Ok(ThresholdQuery { threshold: number("threshold")?, contamination: number("contamination")? })
+    let kind = match params.get("score_kind") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(serde_json::from_value::<ScoreKind>(v.clone()).map_err(|_| {
+            ApiError::BadRequest(format!(
+                "parameter `score_kind` must be `likelihood` or `complexity_corrected`, got {v}"
+            ))
+        })?),
+    };
+    Ok(Policy { kind, threshold: number("threshold")?, contamination: number("contamination")?, fdr: number("fdr")? })
 }
 
 /// `POST /v2/repository/index`: every version on disk or loaded, with its state.

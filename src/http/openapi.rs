@@ -31,20 +31,32 @@ pub fn document(state: &AppState, info: &ModelInfo) -> Value {
     schemas["InputsRequest"]["properties"]["inputs"] = rows.clone();
     schemas["ScoreRequest"]["properties"]["inputs"] = rows.clone();
     schemas["DecodeRequest"]["properties"]["latents"] = latents;
-    schemas["InpaintRequest"]["properties"]["inputs"] = rows;
+    schemas["InpaintRequest"]["properties"]["inputs"] = rows.clone();
     schemas["InpaintRequest"]["properties"]["mask"] = mask;
     let inpaint = &mut schemas["InpaintRequest"]["properties"];
     inpaint["steps"] = json!({"type": ["integer", "null"], "minimum": 0, "maximum": limits.max_inpaint_steps});
     inpaint["step_size"] = json!({"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1e6});
     inpaint["noise"] = json!({"type": ["number", "null"], "minimum": 0, "maximum": 1e6});
     inpaint["seed"] = json!({"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX});
-    // A threshold or a contamination, not both.
+    let mut explain_rows = rows.clone();
+    let explain_limit = super::handlers::explain_row_limit(info).min(limits.max_rows);
+    explain_rows["maxItems"] = explain_limit.into();
+    explain_rows["description"] = format!("1 to {explain_limit} rows of {} numbers.", info.dim()).into();
+    schemas["ExplainRequest"]["properties"]["inputs"] = explain_rows;
+    schemas["ExplainRequest"]["properties"]["top_k"] =
+        json!({"type": ["integer", "null"], "minimum": 0, "maximum": 1_000_000});
+    // A threshold, a contamination or an FDR, at most one; score kinds this model has.
+    let kinds = score_kinds(info);
     let score = &mut schemas["ScoreRequest"];
     score["properties"]["threshold"] = json!({"type": ["number", "null"]});
     score["properties"]["contamination"] =
         json!({"type": ["number", "null"], "exclusiveMinimum": 0, "exclusiveMaximum": 1});
-    score["not"] = json!({"required": ["threshold", "contamination"],
-        "properties": {"threshold": {"type": "number"}, "contamination": {"type": "number"}}});
+    score["properties"]["fdr"] = json!({"type": ["number", "null"], "exclusiveMinimum": 0, "exclusiveMaximum": 1});
+    score["properties"]["kind"] = json!({"type": ["string", "null"], "enum": kinds.iter().map(|k| Value::from(*k)).chain([Value::Null]).collect::<Vec<_>>()});
+    let both =
+        |a: &str, b: &str| json!({"required": [a, b], "properties": {a: {"type": "number"}, b: {"type": "number"}}});
+    score["not"] =
+        json!({"anyOf": [both("threshold", "contamination"), both("threshold", "fdr"), both("contamination", "fdr")]});
     let train = &mut schemas["TrainRequest"];
     train["properties"]["name"] = json!({"type": ["string", "null"], "pattern": SEGMENT_PATTERN});
     train["properties"]["config"] = nullable(crate::train::TrainConfig::json_schema());
@@ -78,9 +90,10 @@ pub fn document(state: &AppState, info: &ModelInfo) -> Value {
 
 /// Each scoring route again under `/models/{name}`, for this model's name.
 fn add_named_routes(paths: &mut Map<String, Value>, info: &ModelInfo) {
+    // This document describes this model's rows; other models have their own documents.
     let name_param = json!({"name": "name", "in": "path", "required": true,
         "schema": {"type": "string", "enum": [info.card.name]}, "description": "model name (its live version)"});
-    for route in ["/log_prob", "/score", "/encode", "/decode", "/sample", "/inpaint"] {
+    for route in ["/log_prob", "/score", "/encode", "/decode", "/sample", "/inpaint", "/explain"] {
         let Some(mut item) = paths.get(route).cloned() else { continue };
         if let Some(item) = item.as_object_mut() {
             for (_, op) in item.iter_mut() {
@@ -114,7 +127,7 @@ fn add_protocol_routes(paths: &mut Map<String, Value>, info: &ModelInfo) {
         "schema": {"type": "string", "enum": [info.card.name]}});
     let d = info.dim();
     let value = match info.card.preprocess.domain() {
-        Some((lo, hi)) => json!({"type": "number", "minimum": lo, "maximum": hi}),
+        Some((lo, hi)) => in_range(lo, hi),
         None => finite_number(),
     };
     let infer_request = json!({
@@ -172,10 +185,20 @@ fn add_protocol_routes(paths: &mut Map<String, Value>, info: &ModelInfo) {
     );
 }
 
+/// The score kinds `info`'s model can serve.
+fn score_kinds(info: &ModelInfo) -> Vec<&'static str> {
+    let cc = info.card.calibration.as_ref().is_some_and(|c| c.complexity_corrected.is_some());
+    if cc && info.card.input.eight_bit && info.card.image_shape().is_some() {
+        vec!["likelihood", "complexity_corrected"]
+    } else {
+        vec!["likelihood"]
+    }
+}
+
 /// `n` rows of the model's D values, each within `domain` (or float32).
 fn rows_schema(info: &ModelInfo, max_rows: usize, domain: Option<(f64, f64)>) -> Value {
     let value = match domain {
-        Some((lo, hi)) => json!({"type": "number", "minimum": lo, "maximum": hi}),
+        Some((lo, hi)) => in_range(lo, hi),
         None => finite_number(),
     };
     let d = info.dim();
@@ -184,6 +207,17 @@ fn rows_schema(info: &ModelInfo, max_rows: usize, domain: Option<(f64, f64)>) ->
         "items": {"type": "array", "minItems": d, "maxItems": d, "items": value},
         "description": format!("1 to {max_rows} rows of {d} numbers (the live model's D)."),
     })
+}
+
+/// A number in [lo, hi] once rounded to float32, as the server checks it: the bounds widen by
+/// half a float32 step, which rounds back onto them.
+fn in_range(lo: f64, hi: f64) -> Value {
+    let half_step = |v: f64, up: bool| {
+        let f = v as f32;
+        let next = if up { f.next_up() } else { f.next_down() };
+        (f as f64 + next as f64) / 2.0
+    };
+    json!({"type": "number", "minimum": half_step(lo, false), "maximum": half_step(hi, true)})
 }
 
 /// `schema`, or null (an optional field sent as null counts as absent).
@@ -272,7 +306,18 @@ fn tidy_parameter(path: &str, p: &mut Value, info: &ModelInfo, state: &AppState)
             Some(json!({"type": "string", "enum": formats}))
         }
         ("/sample", "seed") | ("/train", "seed") => Some(json!({"type": "integer", "minimum": 0, "maximum": u64::MAX})),
-        (_, "contamination") => Some(json!({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1})),
+        (_, "contamination") | (_, "fdr") => {
+            Some(json!({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}))
+        }
+        (_, "kind") => Some(json!({"type": "string", "enum": score_kinds(info)})),
+        (_, "top_k") => Some(json!({"type": "integer", "minimum": 0, "maximum": 1_000_000})),
+        (p, "format") if p.ends_with("/explain") => {
+            let formats: Vec<&str> = match (info.card.image_shape(), info.card.input.eight_bit) {
+                (Some(_), true) => vec!["json", "png"],
+                _ => vec!["json"],
+            };
+            Some(json!({"type": "string", "enum": formats}))
+        }
         (_, "threshold") => Some(json!({"type": "number"})),
         ("/train", "name") => Some(json!({"type": "string", "pattern": SEGMENT_PATTERN})),
         ("/train", "epochs") => Some(range(json!("integer"), 1.0, 10_000.0)),
