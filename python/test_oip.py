@@ -28,6 +28,8 @@ OUTPUTS = {  # name: (datatype, shape with -1 for N and "D" for the row width)
     "log_prob": ("FP64", [-1]),
     "bits_per_dim": ("FP64", [-1]),
     "percentile": ("FP64", [-1]),
+    "score": ("FP64", [-1]),
+    "p_value": ("FP64", [-1]),
     "is_anomaly": ("BOOL", [-1]),
     "latents": ("FP32", [-1, "D"]),
 }
@@ -114,6 +116,9 @@ class ModelCase:
         self.ref_lp = np.asarray(lp["log_prob"], dtype=np.float64)
         self.ref_bpd = np.asarray(lp["bits_per_dim"], dtype=np.float64)
         self.ref_latents = np.asarray(enc["latents"], dtype=np.float32)
+        score = post_json(self.base, f"/models/{self.name}/score", {"inputs": rows, "kind": "likelihood"})
+        self.ref_score = np.asarray(score["scores"], dtype=np.float64)
+        self.ref_p = np.asarray(score["p_value"], dtype=np.float64)
         assert_close(np.asarray(enc["log_prob"]), self.ref_lp, self.args.rtol, "/encode log_prob vs /log_prob")
         assert self.ref_latents.shape == (self.args.rows, d), f"/encode latents shape {self.ref_latents.shape}"
 
@@ -172,6 +177,10 @@ class ModelCase:
             elif o["name"] == "latents":
                 assert value.dtype == np.float32, f"{what}: dtype {value.dtype}"
                 assert_close(value, self.ref_latents, self.args.rtol, what)
+            elif o["name"] == "score":
+                assert_close(value, self.ref_score, self.args.rtol, what)
+            elif o["name"] == "p_value":
+                assert_close(value, self.ref_p, self.args.rtol, what)
             elif o["name"] == "is_anomaly":
                 assert value.dtype == np.bool_, f"{what}: dtype {value.dtype}"
                 want = self.ref_lp < threshold
@@ -248,7 +257,8 @@ def main():
         checks.run(f"{name}: versioned routes", case.check_versioned)
         for datatype in ("FP32", "FP64"):
             for binary in (True, False):
-                for outputs in (None, ["log_prob"], ["latents"], ["log_prob", "latents", "bits_per_dim", "is_anomaly"]):
+                for outputs in (None, ["log_prob"], ["latents"],
+                                ["log_prob", "latents", "bits_per_dim", "is_anomaly", "score", "p_value"]):
                     mode = "binary" if binary else "JSON"
                     label = f"{name}: infer {datatype} {mode} outputs={','.join(outputs or ['default'])}"
                     checks.run(label, case.check_infer, datatype, binary, outputs)

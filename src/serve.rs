@@ -26,6 +26,9 @@ pub struct ServeArgs {
     /// the recorded default (`default.json`), else the first name.
     #[arg(long, env = "FLOWSCORE_DEFAULT_MODEL")]
     pub default_model: Option<String>,
+    /// Recent scored rows per model that the drift test compares with the calibration rows.
+    #[arg(long, env = "FLOWSCORE_DRIFT_WINDOW", default_value_t = crate::drift::DEFAULT_WINDOW)]
+    pub drift_window: usize,
     /// Megabytes the loaded models may hold in all (estimated from their parameters, per
     /// inference thread); a load beyond it is refused with 409. 0: no limit.
     #[arg(long, env = "FLOWSCORE_MEMORY_BUDGET_MB", default_value_t = 0)]
@@ -215,6 +218,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState> {
     state.registry = registry;
     state.admin_token = args.admin_token.as_deref().filter(|t| !t.is_empty()).map(Into::into);
     state.jobs = Some(jobs);
+    state.drift = crate::drift::Drift::new(args.drift_window);
     Ok(state)
 }
 
