@@ -76,6 +76,10 @@ impl Server {
         let r = self.client.get(format!("{}{path}", self.base)).send().await.unwrap();
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
+    async fn get_auth(&self, path: &str) -> (u16, Value) {
+        let r = self.client.get(format!("{}{path}", self.base)).bearer_auth(TOKEN).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
 }
 
 fn rows(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
@@ -145,7 +149,7 @@ async fn five_models_answer_mixed_concurrent_requests_with_their_own_values() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn loads_unloads_and_swaps_at_run_time_fail_no_request_of_the_others() {
+async fn loads_unloads_swaps_and_a_new_trained_name_fail_no_request_of_the_others() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("models");
     save_model(&root, "hot", "1", 4, 1);
@@ -207,6 +211,22 @@ async fn loads_unloads_and_swaps_at_run_time_fail_no_request_of_the_others() {
     assert_eq!(s.get("/v2/models/cold/ready").await.0, 404);
     assert_eq!(s.post("/v2/repository/models/cold/load", json!({})).await.0, 200);
     assert_eq!(s.get("/v2/models/cold/ready").await.0, 200);
+    // A training job for a new name: served as soon as it ends, the others untouched.
+    let train_rows: Vec<Vec<f32>> = rows(300, 5, 42);
+    let config = json!({"epochs": 2, "couplings": 2, "hidden_layers": 1, "hidden_units": 16});
+    let (status, job) = s.post("/train", json!({"name": "fresh", "inputs": train_rows, "config": config})).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = loop {
+        let (_, j) = s.get_auth(&format!("/train/{id}")).await;
+        if matches!(j["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((done["state"].as_str(), done["promoted"].as_bool()), (Some("succeeded"), Some(true)), "{done}");
+    let (status, out) = s.post("/models/fresh/log_prob", json!({"inputs": rows(2, 5, 1)})).await;
+    assert_eq!((status, &out["model"]["name"]), (200, &json!("fresh")), "{out}");
     stop.store(1, Ordering::SeqCst);
     for t in load {
         t.await.unwrap();

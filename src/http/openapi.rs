@@ -110,8 +110,27 @@ fn add_named_routes(paths: &mut Map<String, Value>, info: &ModelInfo) {
                 }
             }
         }
-        paths.insert(format!("/models/{{name}}{route}"), item);
+        paths.insert(format!("/models/{{name}}{route}"), item.clone());
+        // The same at a loaded version: this document's model's live one.
+        let version = version_param(info);
+        if let Some(ops) = item.as_object_mut() {
+            for (_, op) in ops.iter_mut() {
+                if let Some(id) = op.get("operationId").and_then(Value::as_str).map(|s| format!("{s}_version")) {
+                    op["operationId"] = id.into();
+                }
+                if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+                    params.insert(1, version.clone());
+                }
+            }
+        }
+        paths.insert(format!("/models/{{name}}/versions/{{version}}{route}"), item);
     }
+}
+
+/// The `version` path parameter: the live version of this document's model.
+fn version_param(info: &ModelInfo) -> Value {
+    json!({"name": "version", "in": "path", "required": true,
+        "schema": {"type": "string", "enum": [info.card.version]}, "description": "a loaded version of the model"})
 }
 
 /// The Open Inference Protocol's routes (docs/protocol.md), for this model.
@@ -172,6 +191,47 @@ fn add_protocol_routes(paths: &mut Map<String, Value>, info: &ModelInfo) {
         json!({"get": {"tags": ["protocol"], "operationId": "oip_model_ready",
         "parameters": [name.clone()],
         "responses": {"200": ok("the model is loaded"), "404": err("no such model")}}}),
+    );
+    let version = version_param(info);
+    let admin = |id: &str, text: &str, params: Vec<Value>| {
+        json!({"post": {"tags": ["protocol", "admin"], "operationId": id, "parameters": params,
+            "security": [{"bearer": []}],
+            "responses": {"200": ok(text), "401": err("no bearer token"), "403": err("the wrong admin token"),
+                "404": err("no such model"), "409": err("the model fails validation or the memory budget")}}})
+    };
+    let mut index = admin("oip_repository_index", "every version with its state", vec![]);
+    index["post"]["responses"]["200"]["content"]["application/json"]["schema"] = json!({"type": "array",
+        "items": {"type": "object", "required": ["name", "version", "state"], "properties": {
+            "name": {"type": "string"}, "version": {"type": "string"},
+            "state": {"type": "string", "enum": ["READY", "LOADING", "UNAVAILABLE"]}, "reason": {"type": "string"}}}});
+    paths.insert("/v2/repository/index".into(), index);
+    let repo_name = json!({"name": "name", "in": "path", "required": true,
+        "schema": {"type": "string", "pattern": SEGMENT_PATTERN}});
+    paths.insert(
+        "/v2/repository/models/{name}/load".into(),
+        admin("oip_repository_load", "the name's live version is loaded", vec![repo_name.clone()]),
+    );
+    paths.insert(
+        "/v2/repository/models/{name}/unload".into(),
+        admin("oip_repository_unload", "every version of the name is unloaded", vec![repo_name]),
+    );
+    for (suffix, id) in [("", "oip_model_metadata"), ("/ready", "oip_model_ready")] {
+        let mut item = paths.get(&format!("/v2/models/{{name}}{suffix}")).cloned().unwrap_or_default();
+        if let Some(op) = item.get_mut("get") {
+            op["operationId"] = format!("{id}_version").into();
+            op["parameters"] = json!([name.clone(), version.clone()]);
+        }
+        paths.insert(format!("/v2/models/{{name}}/versions/{{version}}{suffix}"), item);
+    }
+    paths.insert(
+        "/v2/models/{name}/versions/{version}/infer".into(),
+        json!({"post": {"tags": ["protocol"], "operationId": "oip_infer_version",
+        "parameters": [name.clone(), version],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": infer_request.clone()}}},
+        "responses": {"200": ok("the outputs asked for (default: log_prob), JSON or binary"),
+            "400": err("malformed or invalid input"), "404": err("no such model or version"),
+            "408": err("the body did not arrive in time"), "413": err("too many rows, or a body over the limit"),
+            "503": err("overloaded; retry after `Retry-After`")}}}),
     );
     paths.insert(
         "/v2/models/{name}/infer".into(),
