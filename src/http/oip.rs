@@ -8,7 +8,7 @@ use super::error::{ApiError, ErrorBody};
 use super::handlers::{image, MODEL_HEADER};
 use super::oip_codec::{self, OipError, OutData, OutTensor, HEADER_LENGTH};
 use super::AppState;
-use crate::anomaly::{judge, Policy, ScoreKind};
+use crate::anomaly::{judge, resolve_kind, Policy, ScoreKind};
 use crate::engine::{ModelHandle, Output, Task};
 use crate::flow::bits_per_dim;
 use axum::body::Bytes;
@@ -151,7 +151,9 @@ pub async fn infer(
         judge(calibration, image(&info), &policy, &[], info.dim(), &[])
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     }
-    let kept = if judged { m.data.clone() } else { Vec::new() };
+    // The rows go to the engine; only the image score kinds need them again afterwards.
+    let image_kind = resolve_kind(calibration, &policy) != ScoreKind::Likelihood;
+    let kept = if judged && image_kind { m.data.clone() } else { Vec::new() };
     let rows = m.data;
     let (log_prob, latents) = if needs("latents") {
         match handle.submit(Task::Encode { rows }).await?.output {
@@ -213,7 +215,10 @@ pub async fn infer(
         state.metrics.scored_bits_per_dim.observe(bits_per_dim(*v, dim, eight_bit));
     }
     state.drift.record(&info, &log_prob);
-    let encoded = oip_codec::encode_infer(&info.card.name, Some(&info.card.version), request.id.as_deref(), &outputs);
+    let encoded = oip_codec::encode_infer(&info.card.name, Some(&info.card.version), request.id.as_deref(), &outputs)
+        .map_err(|e| {
+        ApiError::Engine(crate::engine::EngineError::Inference(format!("encoding the response: {e}")))
+    })?;
     let mut response = encoded.body.into_response();
     let h = response.headers_mut();
     match encoded.header_length {

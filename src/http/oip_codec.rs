@@ -692,7 +692,12 @@ impl Serialize for DataJson<'_> {
 /// each output with `name`, `datatype`, `shape` and either `data` or, when binary,
 /// `parameters.binary_data_size`; the binary outputs' little-endian bytes (BOOL: one byte each)
 /// follow the JSON in output order.
-pub fn encode_infer(model_name: &str, model_version: Option<&str>, id: Option<&str>, outputs: &[OutTensor]) -> Encoded {
+pub fn encode_infer(
+    model_name: &str,
+    model_version: Option<&str>,
+    id: Option<&str>,
+    outputs: &[OutTensor],
+) -> Result<Encoded, serde_json::Error> {
     let json = ResponseJson {
         model_name,
         model_version,
@@ -714,13 +719,12 @@ pub fn encode_infer(model_name: &str, model_version: Option<&str>, id: Option<&s
     let binary_len: usize = outputs.iter().filter(|o| o.binary).map(|o| o.data.byte_size()).sum();
     let json_estimate: usize = 96 + outputs.iter().filter(|o| !o.binary).map(|o| o.data.len() * 20).sum::<usize>();
     let mut body = Vec::with_capacity(json_estimate + binary_len);
-    // Writing these plain structs into a Vec cannot fail.
-    serde_json::to_writer(&mut body, &json).expect("serialising an inference response cannot fail");
+    serde_json::to_writer(&mut body, &json)?;
     let header_length = outputs.iter().any(|o| o.binary).then_some(body.len());
     for o in outputs.iter().filter(|o| o.binary) {
         o.data.write_binary(&mut body);
     }
-    Encoded { body, header_length }
+    Ok(Encoded { body, header_length })
 }
 
 #[cfg(test)]
@@ -1097,13 +1101,13 @@ mod tests {
                 binary: false,
             },
         ];
-        let e = encode_infer("m\"1", Some("3"), Some("abc"), &outputs);
+        let e = encode_infer("m\"1", Some("3"), Some("abc"), &outputs).unwrap();
         assert_eq!(e.header_length, None);
         assert_eq!(
             std::str::from_utf8(&e.body).unwrap(),
             r#"{"model_name":"m\"1","model_version":"3","id":"abc","outputs":[{"name":"log_prob","datatype":"FP64","shape":[2],"data":[-1.5,0.1]},{"name":"is_anomaly","datatype":"BOOL","shape":[2],"data":[true,false]},{"name":"latents","datatype":"FP32","shape":[2,1],"data":[0.1,null]}]}"#
         );
-        let e = encode_infer("m", None, None, &[]);
+        let e = encode_infer("m", None, None, &[]).unwrap();
         assert_eq!(e.body, br#"{"model_name":"m","outputs":[]}"#);
     }
 
@@ -1115,7 +1119,7 @@ mod tests {
             OutTensor { name: "c".into(), shape: vec![3], data: OutData::Bool(vec![true, false, true]), binary: true },
             OutTensor { name: "d".into(), shape: vec![1, 1], data: OutData::Fp32(vec![3.0]), binary: true },
         ];
-        let e = encode_infer("m", None, Some("i"), &outputs);
+        let e = encode_infer("m", None, Some("i"), &outputs).unwrap();
         let json = r#"{"model_name":"m","id":"i","outputs":[{"name":"a","datatype":"FP64","shape":[2],"parameters":{"binary_data_size":16}},{"name":"b","datatype":"FP32","shape":[1],"data":[0.5]},{"name":"c","datatype":"BOOL","shape":[3],"parameters":{"binary_data_size":3}},{"name":"d","datatype":"FP32","shape":[1,1],"parameters":{"binary_data_size":4}}]}"#;
         assert_eq!(e.header_length, Some(json.len()));
         let mut expected = json.as_bytes().to_vec();
@@ -1134,7 +1138,7 @@ mod tests {
             OutTensor { name: "log_prob".into(), shape: vec![3], data: OutData::Fp64(log_prob.clone()), binary: true },
             OutTensor { name: "latents".into(), shape: vec![3, 2], data: OutData::Fp32(latents.clone()), binary: true },
         ];
-        let e = encode_infer("m", Some("1"), None, &outputs);
+        let e = encode_infer("m", Some("1"), None, &outputs).unwrap();
         let k = e.header_length.unwrap();
         let header: Value = serde_json::from_slice(&e.body[..k]).unwrap();
         let mut offset = k;
@@ -1158,7 +1162,8 @@ mod tests {
             None,
             None,
             &[OutTensor { name: "x".into(), shape: vec![8, 5], data: OutData::Fp32(rows.clone()), binary: false }],
-        );
+        )
+        .unwrap();
         let v: Value = serde_json::from_slice(&e.body).unwrap();
         let out = &v["outputs"][0];
         let req = json!({"inputs": [{"name": "x", "shape": out["shape"], "datatype": out["datatype"],
