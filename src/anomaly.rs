@@ -81,7 +81,13 @@ pub struct Judgement {
     pub threshold: Option<f64>,
 }
 
-/// Scores rows (row-major, `dim` values each, with their log_probs) and flags them by `policy`.
+/// The kind a request is scored by: its own, else the model's default, else `likelihood`.
+pub fn resolve_kind(calibration: Option<&crate::calibration::Calibration>, policy: &Policy) -> ScoreKind {
+    policy.kind.or(calibration.map(|c| c.default_kind)).unwrap_or(ScoreKind::Likelihood)
+}
+
+/// Scores rows (row-major, `dim` values each, with their log_probs; `likelihood` reads no rows)
+/// and flags them by `policy`.
 pub fn judge(
     calibration: Option<&crate::calibration::Calibration>,
     image: Option<[usize; 2]>,
@@ -91,7 +97,7 @@ pub fn judge(
     log_probs: &[f64],
 ) -> Result<Judgement, AnomalyError> {
     policy.check()?;
-    let kind = policy.kind.or(calibration.map(|c| c.default_kind)).unwrap_or(ScoreKind::Likelihood);
+    let kind = resolve_kind(calibration, policy);
     if kind == ScoreKind::ComplexityCorrected {
         if image.is_none() {
             return Err(AnomalyError::NotAnImage);
@@ -100,11 +106,15 @@ pub fn judge(
             return Err(AnomalyError::NoCalibration(kind.name()));
         }
     }
-    let scores = rows
-        .chunks_exact(dim.max(1))
-        .zip(log_probs)
-        .map(|(row, lp)| score(kind, *lp, row, image))
-        .collect::<Result<Vec<f64>, _>>()?;
+    let scores = match kind {
+        // The rows themselves are needed by the image kinds only.
+        ScoreKind::Likelihood => log_probs.iter().map(|lp| -lp).collect(),
+        _ => rows
+            .chunks_exact(dim.max(1))
+            .zip(log_probs)
+            .map(|(row, lp)| score(kind, *lp, row, image))
+            .collect::<Result<Vec<f64>, _>>()?,
+    };
     let p_values = match calibration {
         Some(c) => Some(scores.iter().map(|s| c.p_value(kind, *s)).collect::<Result<Vec<f64>, _>>()?),
         None => None,

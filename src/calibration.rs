@@ -38,20 +38,26 @@ pub enum CalibrationError {
     Quantile(f64),
 }
 
+/// The finite `values`, sorted, thinned to at most `MAX_CALIBRATION_ROWS` evenly spaced order
+/// statistics.
+fn order_statistics(values: &[f64]) -> Result<Vec<f64>, CalibrationError> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return Err(CalibrationError::Empty);
+    }
+    v.sort_by(f64::total_cmp);
+    if v.len() > MAX_CALIBRATION_ROWS {
+        let n = v.len();
+        v = (0..MAX_CALIBRATION_ROWS).map(|i| v[i * (n - 1) / (MAX_CALIBRATION_ROWS - 1)]).collect();
+    }
+    Ok(v)
+}
+
 impl Calibration {
     /// Builds calibration from held-out log_probs (non-finite values are dropped).
     pub fn from_log_probs(values: &[f64], threshold_quantile: f64) -> Result<Calibration, CalibrationError> {
-        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-        if v.is_empty() {
-            return Err(CalibrationError::Empty);
-        }
-        v.sort_by(f64::total_cmp);
-        if v.len() > MAX_CALIBRATION_ROWS {
-            let n = v.len();
-            v = (0..MAX_CALIBRATION_ROWS).map(|i| v[i * (n - 1) / (MAX_CALIBRATION_ROWS - 1)]).collect();
-        }
         let mut c = Calibration {
-            log_probs: v,
+            log_probs: order_statistics(values)?,
             threshold_quantile,
             threshold: 0.0,
             complexity_corrected: None,
@@ -85,16 +91,7 @@ impl Calibration {
 
     /// Adds the `complexity_corrected` scores of the calibration rows and makes it the default.
     pub fn with_complexity_corrected(mut self, scores: &[f64]) -> Result<Calibration, CalibrationError> {
-        let mut v: Vec<f64> = scores.iter().copied().filter(|x| x.is_finite()).collect();
-        if v.is_empty() {
-            return Err(CalibrationError::Empty);
-        }
-        v.sort_by(f64::total_cmp);
-        if v.len() > MAX_CALIBRATION_ROWS {
-            let n = v.len();
-            v = (0..MAX_CALIBRATION_ROWS).map(|i| v[i * (n - 1) / (MAX_CALIBRATION_ROWS - 1)]).collect();
-        }
-        self.complexity_corrected = Some(v);
+        self.complexity_corrected = Some(order_statistics(scores)?);
         self.default_kind = ScoreKind::ComplexityCorrected;
         Ok(self)
     }

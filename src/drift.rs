@@ -47,9 +47,12 @@ impl Drift {
     /// Adds scored rows of `model` (finite log_probs only).
     pub fn record(&self, model: &ModelInfo, log_probs: &[f64]) {
         let Ok(mut windows) = self.0.windows.lock() else { return };
-        let w = windows
-            .entry(model.card.name.clone())
-            .or_insert_with(|| Window { generation: model.generation, log_probs: VecDeque::new() });
+        // The name is copied only the first time: this runs on every scoring request.
+        if !windows.contains_key(&model.card.name) {
+            let window = Window { generation: model.generation, log_probs: VecDeque::with_capacity(self.0.capacity) };
+            windows.insert(model.card.name.clone(), window);
+        }
+        let Some(w) = windows.get_mut(&model.card.name) else { return };
         if w.generation != model.generation {
             w.generation = model.generation;
             w.log_probs.clear();

@@ -106,14 +106,7 @@ impl Models {
         if let Err(e) = registry.migrate_single_live() {
             tracing::error!(error = %e, "migrating live.json failed");
         }
-        let models = Models(Arc::new(Inner {
-            engine,
-            registry,
-            metrics,
-            memory_budget: config.memory_budget,
-            table: RwLock::new(Table::default()),
-            changes: tokio::sync::Mutex::new(()),
-        }));
+        let models = Models::empty(engine, registry, metrics, config.memory_budget);
         let selection = if config.selection.is_empty() { models.0.registry.names() } else { config.selection.clone() };
         let mut first = None;
         for wanted in &selection {
@@ -150,18 +143,22 @@ impl Models {
                 .map_err(|e| EngineError::Inference(e.to_string()))??
         };
         let root = dirs.first().and_then(|d| d.parent()).unwrap_or(Path::new("."));
-        let models = Models(Arc::new(Inner {
-            engine,
-            registry: Registry::new(root),
-            metrics,
-            memory_budget: None,
-            table: RwLock::new(Table::default()),
-            changes: tokio::sync::Mutex::new(()),
-        }));
+        let models = Models::empty(engine, Registry::new(root), metrics, None);
         for dir in dirs {
             models.load_folder(dir).await?;
         }
         Ok(models)
+    }
+
+    fn empty(engine: Engine, registry: Registry, metrics: Metrics, memory_budget: Option<u64>) -> Models {
+        Models(Arc::new(Inner {
+            engine,
+            registry,
+            metrics,
+            memory_budget,
+            table: RwLock::new(Table::default()),
+            changes: tokio::sync::Mutex::new(()),
+        }))
     }
 
     pub fn engine(&self) -> &Engine {

@@ -2,17 +2,16 @@
 use super::body::{npy_response, parse_json, parse_json_integral, parse_npy, wants_npy, Body, Matrix, RowsOut};
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use crate::anomaly::{judge, Policy, ScoreKind};
+use crate::anomaly::{judge, resolve_kind, Policy, ScoreKind};
 use crate::drift::DriftReport;
 use crate::engine::{ModelHandle, ModelInfo, Output, Scored, Task};
 use crate::flow::{bits_per_dim, InpaintOptions};
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, RawPathParams, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 
@@ -38,10 +37,11 @@ impl FromRequestParts<AppState> for Target {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let params = Path::<HashMap<String, String>>::from_request_parts(parts, state).await.map(|p| p.0);
-        let params = params.unwrap_or_default();
-        let handle = match params.get("name") {
-            Some(name) => state.models.resolve(name, params.get("version").map(String::as_str))?,
+        // The unprefixed routes have no parameters: they read nothing and copy nothing here.
+        let params = RawPathParams::from_request_parts(parts, state).await.ok();
+        let param = |key: &str| params.as_ref().and_then(|p| p.iter().find(|(k, _)| *k == key).map(|(_, v)| v));
+        let handle = match param("name") {
+            Some(name) => state.models.resolve(name, param("version"))?,
             None => state.models.default_model()?,
         };
         Ok(Target(handle))
@@ -307,7 +307,8 @@ pub async fn score(
     // Refuse a policy the model cannot serve before computing anything.
     let calibration = info.card.calibration.as_ref();
     judge(calibration, image(&info), &policy, &[], info.dim(), &[]).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let rows = m.data.clone();
+    // The rows go to the engine; only the image score kinds need them again afterwards.
+    let rows = if resolve_kind(calibration, &policy) == ScoreKind::Likelihood { Vec::new() } else { m.data.clone() };
     let (lp, model) = log_probs(target.submit(Task::LogProb { rows: m.data }).await?)?;
     let j = judge(calibration, image(&model), &policy, &rows, model.dim(), &lp)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
