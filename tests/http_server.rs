@@ -77,6 +77,8 @@ async fn concurrent_clients_get_exactly_their_own_rows() {
     let url = format!("http://{}/log_prob", server.addr);
     let mut tasks = Vec::new();
     let mut expected = Vec::new();
+    // Each round's 32 requests leave together, so that they meet in the queue.
+    let round = std::sync::Arc::new(tokio::sync::Barrier::new(32));
     for c in 0..32u64 {
         let mut mine = Vec::new();
         for r in 0..8u64 {
@@ -86,10 +88,11 @@ async fn concurrent_clients_get_exactly_their_own_rows() {
             mine.push((rows_json(&x), to_vec(&model.nice.log_prob(&x).unwrap())));
         }
         expected.push(mine.iter().map(|m| m.1.clone()).collect::<Vec<_>>());
-        let (client, url) = (client.clone(), url.clone());
+        let (client, url, round) = (client.clone(), url.clone(), round.clone());
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
             for (body, _) in mine {
+                round.wait().await;
                 let r = client.post(&url).json(&body).send().await.unwrap();
                 assert_eq!(r.status(), 200);
                 let v: serde_json::Value = r.json().await.unwrap();
