@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 FORMAT_VERSION = 1
 PRIORS = ("logistic", "gaussian")
-PREPROCESS_KINDS = ("identity", "standardize", "logit")
+PREPROCESS_KINDS = ("identity", "standardize", "logit", "whiten")
 
 
 class Coupling(torch.nn.Module):
@@ -76,14 +76,19 @@ class NICE(torch.nn.Module):
         self.coupling = torch.nn.ModuleList(
             Coupling(i, dim, hidden_layers, hidden_units) for i in range(couplings))
         self.scale = torch.nn.Parameter(torch.zeros(dim))
-        if kind == "standardize":
+        if kind in ("standardize", "whiten"):
             mean, std = (torch.tensor(preprocess[k], dtype=torch.float64) for k in ("mean", "std"))
             if mean.shape != (dim,) or std.shape != (dim,):
-                raise ValueError(f"standardize mean/std must have length dim={dim}")
+                raise ValueError(f"{kind} mean/std must have length dim={dim}")
             if not bool((std > 0).all()):
-                raise ValueError("standardize std must be positive")
+                raise ValueError(f"{kind} std must be positive")
             self.register_buffer("pre_mean", mean, persistent=False)
             self.register_buffer("pre_std", std, persistent=False)
+        if kind == "whiten":
+            chol = torch.tensor(preprocess["cholesky"], dtype=torch.float64)
+            if chol.shape != (dim, dim) or not bool((chol.triu(1) == 0).all()) or not bool((chol.diag() > 0).all()):
+                raise ValueError(f"whiten cholesky must be {dim}x{dim} lower triangular with a positive diagonal")
+            self.register_buffer("pre_chol", chol, persistent=False)
         elif kind == "logit":
             self.alpha = float(preprocess["alpha"])
             if not 0.0 <= self.alpha < 0.5:
@@ -97,6 +102,12 @@ class NICE(torch.nn.Module):
             return x, x.new_zeros(x.shape[0])
         if kind == "standardize":
             return (x - self.pre_mean) / self.pre_std, -torch.log(self.pre_std).sum().expand(x.shape[0])
+        if kind == "whiten":   # h = L^-1 (x - mean) / std, solved row by row as h L^T = u
+            u = (x - self.pre_mean) / self.pre_std
+            chol = self.pre_chol.to(u.dtype)
+            h = torch.linalg.solve_triangular(chol, u.T, upper=False).T
+            log_det = -torch.log(self.pre_std).sum() - torch.log(self.pre_chol.diag()).sum()
+            return h, log_det.expand(x.shape[0])
         if bool(((x < 0) | (x > 1)).any()):
             raise ValueError("logit preprocessing needs inputs in [0, 1]")
         a = self.alpha
@@ -110,6 +121,8 @@ class NICE(torch.nn.Module):
             return h
         if kind == "standardize":
             return h * self.pre_std + self.pre_mean
+        if kind == "whiten":
+            return (h @ self.pre_chol.to(h.dtype).T) * self.pre_std + self.pre_mean
         return (torch.sigmoid(h) - self.alpha) / (1 - 2 * self.alpha)
 
     # --- the flow ---
@@ -204,7 +217,8 @@ def save_random_model(folder, dim=5, couplings=3, hidden_layers=2, hidden_units=
                       prior="logistic", preprocess="identity", seed=0):
     """Write a model folder with random weights (a test fixture); returns the card.
 
-    preprocess: "identity", "standardize" (random mean/std), "logit" (alpha 0.05), or a dict.
+    preprocess: "identity", "standardize" (random mean/std), "whiten" (random mean/std and factor),
+    "logit" (alpha 0.05), or a dict.
     The calibration block holds the sorted log p of 200 rows drawn U(0, 1), rounded to the
     float32 weights, so it is valid for every preprocess kind.
     """
@@ -215,6 +229,11 @@ def save_random_model(folder, dim=5, couplings=3, hidden_layers=2, hidden_units=
                       "standardize": {"kind": "standardize",
                                       "mean": (torch.randn(dim, generator=g)).tolist(),
                                       "std": (0.5 + torch.rand(dim, generator=g)).tolist()},
+                      "whiten": {"kind": "whiten",
+                                 "mean": (torch.randn(dim, generator=g)).tolist(),
+                                 "std": (0.5 + torch.rand(dim, generator=g)).tolist(),
+                                 "cholesky": (torch.randn(dim, dim, generator=g).tril(-1) * 0.3
+                                              + torch.diag(0.5 + torch.rand(dim, generator=g))).tolist()},
                       }[preprocess]
     model = NICE(dim, couplings, hidden_layers, hidden_units, prior, preprocess)
     with torch.no_grad():

@@ -62,6 +62,9 @@ def reference_map(folder):
             h = x
         elif pre["kind"] == "standardize":
             h = (x - torch.tensor(pre["mean"], dtype=torch.float64)) / torch.tensor(pre["std"], dtype=torch.float64)
+        elif pre["kind"] == "whiten":   # the inverse matrix, not a triangular solve
+            u = (x - torch.tensor(pre["mean"], dtype=torch.float64)) / torch.tensor(pre["std"], dtype=torch.float64)
+            h = torch.linalg.inv(torch.tensor(pre["cholesky"], dtype=torch.float64)) @ u
         else:
             u = pre["alpha"] + (1 - 2 * pre["alpha"]) * x
             h = torch.log(u) - torch.log(1 - u)

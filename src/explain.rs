@@ -38,7 +38,7 @@ pub fn grid(model: &Model) -> Result<Vec<Vec<f32>>, FlowError> {
         return Ok(vec![levels; dim]);
     }
     match &model.card.preprocess {
-        Preprocess::Standardize { mean, std } => {
+        Preprocess::Standardize { mean, std } | Preprocess::Whiten { mean, std, .. } => {
             Ok(mean.iter().zip(std).map(|(m, s)| even(m - 4.0 * s, m + 4.0 * s, TABULAR_GRID)).collect())
         }
         Preprocess::Logit { .. } => Ok(vec![even(0.005, 0.995, TABULAR_GRID); dim]),

@@ -79,6 +79,7 @@ fn matches_autograd_jacobian(policy: CpuKernels) {
             check_exact(dim, prior, std, random_rows(6, dim, -5.0, 5.0, seed + 1), seed, policy);
             let logit = Preprocess::Logit { alpha: 0.05 };
             check_exact(dim, prior, logit, random_rows(6, dim, 0.0, 1.0, seed + 2), seed, policy);
+            check_exact(dim, prior, whiten(dim, seed), random_rows(6, dim, -5.0, 5.0, seed + 3), seed, policy);
         }
     }
 }
@@ -208,6 +209,7 @@ fn encode_decode_round_trips() {
     for (pre, lo, hi) in [
         (Preprocess::Identity, -3.0, 3.0),
         (standardize(8, 4), -6.0, 6.0),
+        (whiten(8, 4), -6.0, 6.0),
         (Preprocess::Logit { alpha: 0.05 }, 0.0, 1.0),
     ] {
         let model = random_model(8, Prior::Logistic, pre, 5);

@@ -18,6 +18,7 @@ fn python_loader_agrees_with_rust() {
     for (i, (prior, pre, lo, hi)) in [
         (Prior::Logistic, Preprocess::Logit { alpha: 0.05 }, 0.0, 1.0),
         (Prior::Gaussian, standardize(7, 3), -5.0, 5.0),
+        (Prior::Logistic, whiten(7, 3), -5.0, 5.0),
         (Prior::Logistic, Preprocess::Identity, -2.0, 2.0),
     ]
     .into_iter()

@@ -223,8 +223,8 @@ fn init_cmd(a: InitArgs) -> Result<()> {
     let preprocess = match a.preprocess {
         PreprocessChoice::Identity => Preprocess::Identity,
         PreprocessChoice::Logit => Preprocess::Logit { alpha: 0.05 },
-        PreprocessChoice::Standardize | PreprocessChoice::Auto => {
-            bail!("standardize is fitted on data: use `flowscore train`")
+        PreprocessChoice::Standardize | PreprocessChoice::Whiten | PreprocessChoice::Auto => {
+            bail!("standardize and whiten are fitted on data: use `flowscore train`")
         }
     };
     let shape = if a.shape.is_empty() { vec![a.dim] } else { a.shape.clone() };

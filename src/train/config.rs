@@ -6,12 +6,21 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum PreprocessChoice {
-    /// logit for 8-bit data (images), standardize otherwise.
+    /// logit for 8-bit data (images); whiten for tables of at most 256 features; standardize
+    /// for wider tables.
     Auto,
     Identity,
     Standardize,
     Logit,
+    Whiten,
 }
+
+/// Default (couplings, hidden layers, hidden units) by kind of data.
+const IMAGE_ARCHITECTURE: (usize, usize, usize) = (6, 3, 400);
+const TABLE_ARCHITECTURE: (usize, usize, usize) = (4, 2, 64);
+
+/// `auto` whitens tables up to this many features: the D × D factor lives in the card.
+pub const WHITEN_MAX_DIM: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -36,19 +45,22 @@ pub struct TrainConfig {
     /// Model name written into the card.
     #[arg(long, default_value = "model")]
     pub name: String,
-    /// Additive coupling layers.
-    #[arg(long, default_value_t = 6)]
-    pub couplings: usize,
-    /// Hidden layers per coupling MLP.
-    #[arg(long, default_value_t = 3)]
-    pub hidden_layers: usize,
-    /// Units per hidden layer.
-    #[arg(long, default_value_t = 400)]
-    pub hidden_units: usize,
+    /// Additive coupling layers [default: 6 for images, 4 for tables].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub couplings: Option<usize>,
+    /// Hidden layers per coupling MLP [default: 3 for images, 2 for tables].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_layers: Option<usize>,
+    /// Units per hidden layer [default: 400 for images, 64 for tables].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_units: Option<usize>,
     #[arg(long, value_enum, default_value = "logistic")]
     pub prior: Prior,
-    /// Fixed preprocessing: logit for data in [0,1] (images), standardize for tables; auto
-    /// picks logit for 8-bit data and standardize otherwise.
+    /// Fixed preprocessing: logit for data in [0,1] (images), whiten or standardize for tables;
+    /// auto picks logit for 8-bit data, whiten for up to 256 features, standardize otherwise.
     #[arg(long, value_enum, default_value = "auto")]
     pub preprocess: PreprocessChoice,
     /// α of the logit preprocessing: h = logit(α + (1 − 2α) x).
@@ -96,17 +108,27 @@ impl TrainConfig {
     pub fn preprocess_for(&self, data: &crate::data::Dataset) -> PreprocessChoice {
         match self.preprocess {
             PreprocessChoice::Auto if data.eight_bit => PreprocessChoice::Logit,
+            PreprocessChoice::Auto if data.dim <= WHITEN_MAX_DIM => PreprocessChoice::Whiten,
             PreprocessChoice::Auto => PreprocessChoice::Standardize,
             other => other,
         }
     }
 
+    /// Couplings, hidden layers and hidden units for `data`, with unset ones from its kind's
+    /// default: the paper's large network for images, a small one for tables, where the large one
+    /// overfits hundreds of rows (docs/anomaly.md, "Tables").
+    pub fn architecture_for(&self, data: &crate::data::Dataset) -> (usize, usize, usize) {
+        let (c, l, u) = if data.eight_bit { IMAGE_ARCHITECTURE } else { TABLE_ARCHITECTURE };
+        (self.couplings.unwrap_or(c), self.hidden_layers.unwrap_or(l), self.hidden_units.unwrap_or(u))
+    }
+
     /// Refuses what cannot train, or could not fit in memory: the ranges are `json_schema`'s.
     pub fn validate(&self) -> Result<(), TrainError> {
         let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(TrainError::Config(what.into())) };
-        check((1..=MAX_COUPLINGS).contains(&self.couplings), "couplings must be in 1..=16")?;
-        check((1..=MAX_HIDDEN_LAYERS).contains(&self.hidden_layers), "hidden_layers must be in 1..=8")?;
-        check((1..=MAX_HIDDEN_UNITS).contains(&self.hidden_units), "hidden_units must be in 1..=1024")?;
+        let within = |v: Option<usize>, max: usize| v.is_none_or(|v| (1..=max).contains(&v));
+        check(within(self.couplings, MAX_COUPLINGS), "couplings must be in 1..=16")?;
+        check(within(self.hidden_layers, MAX_HIDDEN_LAYERS), "hidden_layers must be in 1..=8")?;
+        check(within(self.hidden_units, MAX_HIDDEN_UNITS), "hidden_units must be in 1..=1024")?;
         check((1..=MAX_EPOCHS).contains(&self.epochs), "epochs must be in 1..=10000")?;
         check((1..=MAX_EPOCHS).contains(&self.patience), "patience must be in 1..=10000")?;
         check((1..=MAX_BATCH_SIZE).contains(&self.batch_size), "batch_size must be in 1..=65536")?;
@@ -137,7 +159,7 @@ impl TrainConfig {
                 "hidden_layers": int(1, MAX_HIDDEN_LAYERS),
                 "hidden_units": int(1, MAX_HIDDEN_UNITS),
                 "prior": enumerated(&["logistic", "gaussian"]),
-                "preprocess": enumerated(&["auto", "identity", "standardize", "logit"]),
+                "preprocess": enumerated(&["auto", "identity", "standardize", "logit", "whiten"]),
                 "logit_alpha": {"type": "number", "minimum": 0, "exclusiveMaximum": 0.5},
                 "epochs": int(1, MAX_EPOCHS),
                 "max_seconds": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_SECONDS},

@@ -33,6 +33,25 @@ pub fn standardize(dim: usize, seed: u64) -> Preprocess {
     }
 }
 
+/// A random whitening: standardize's moments and a lower-triangular factor with diagonal in
+/// [0.3, 1.5) and off-diagonal entries in [−0.5, 0.5).
+pub fn whiten(dim: usize, seed: u64) -> Preprocess {
+    let Preprocess::Standardize { mean, std } = standardize(dim, seed) else { unreachable!() };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed + 1);
+    let cholesky = (0..dim)
+        .map(|i| {
+            (0..dim)
+                .map(|j| match j.cmp(&i) {
+                    std::cmp::Ordering::Less => rng.gen_range(-0.5..0.5),
+                    std::cmp::Ordering::Equal => rng.gen_range(0.3..1.5),
+                    std::cmp::Ordering::Greater => 0.0,
+                })
+                .collect()
+        })
+        .collect();
+    Preprocess::Whiten { mean, std, cholesky }
+}
+
 /// n random rows in [lo, hi), f32.
 pub fn random_rows(n: usize, dim: usize, lo: f64, hi: f64, seed: u64) -> Tensor {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
