@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod kernels;
 pub mod metrics;
 pub mod models;
+pub mod role;
 pub mod serve;
 pub mod store;
 pub mod train;

@@ -52,6 +52,10 @@ pub struct MetricSet {
     pub train_progress: Gauge,
     pub train_val_log_likelihood: Gauge,
     pub swaps: IntCounter,
+    /// 1 while this replica serves another version of a name than the store's live pointer.
+    pub store_behind: IntGaugeVec,
+    /// The replica's role (value 1).
+    pub role: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
@@ -150,6 +154,11 @@ impl MetricSet {
             &["outcome"],
         )
         .expect("valid counter");
+        let gauge_vec = |name: &str, help: &str, label: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid gauge");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
         let fgauge = |name: &str, help: &str| {
             let g = Gauge::new(name, help).expect("valid gauge");
             registry.register(Box::new(g.clone())).expect("unique metric");
@@ -238,6 +247,12 @@ impl MetricSet {
                 "Validation log-likelihood of the training job's last epoch, nats per row.",
             ),
             swaps: counter("flowscore_model_swaps_total", "Times a new model was swapped in."),
+            store_behind: gauge_vec(
+                "flowscore_store_behind",
+                "1 while this replica serves another version than the store's live pointer (a scorer catching up, or a version that failed to load).",
+                "model",
+            ),
+            role: gauge_vec("flowscore_role", "This replica's role (value 1): all, scorer or trainer.", "role"),
             registry,
         }
     }
@@ -257,6 +272,7 @@ impl MetricSet {
             let _ = self.model_info.remove_label_values(&[name, v]);
         }
         let _ = self.queue_depth.remove_label_values(&[name]);
+        let _ = self.store_behind.remove_label_values(&[name]);
         let _ = self.model_seconds.remove_label_values(&[name]);
         let _ = self.anomalies.remove_label_values(&[name]);
         let _ = self.drift_ks_statistic.remove_label_values(&[name]);

@@ -38,6 +38,9 @@ pub struct ModelsConfig {
     pub default: Option<String>,
     /// Estimated bytes all loaded models may hold (None: no limit).
     pub memory_budget: Option<u64>,
+    /// A scorer replica: never write the store (live pointers); `follow_store` picks up what
+    /// the trainer writes.
+    pub follower: bool,
 }
 
 /// A version's state, as `GET /models` shows it.
@@ -87,6 +90,10 @@ struct Inner {
     registry: Registry,
     metrics: Metrics,
     memory_budget: Option<u64>,
+    /// Never writes the store (see `ModelsConfig::follower`).
+    follower: bool,
+    /// Serves every name in the store, new ones included (no selection was given).
+    every_name: bool,
     table: RwLock<Table>,
     /// Loads, unloads and swaps run one at a time, so the budget and the table stay consistent.
     changes: tokio::sync::Mutex<()>,
@@ -103,10 +110,13 @@ impl Models {
     /// version (its recorded pointer, else its latest readable version). A name that fails to
     /// load is reported (log, `GET /models`) and skipped.
     pub async fn start(engine: Engine, registry: Registry, metrics: Metrics, config: ModelsConfig) -> Models {
-        if let Err(e) = registry.migrate_single_live() {
-            tracing::error!(error = %e, "migrating live.json failed");
+        if !config.follower {
+            if let Err(e) = registry.migrate_single_live() {
+                tracing::error!(error = %e, "migrating live.json failed");
+            }
         }
-        let models = Models::empty(engine, registry, metrics, config.memory_budget);
+        let every_name = config.selection.is_empty();
+        let models = Models::empty(engine, registry, metrics, config.memory_budget, config.follower, every_name);
         let selection = if config.selection.is_empty() { models.0.registry.names() } else { config.selection.clone() };
         let mut first = None;
         for wanted in &selection {
@@ -143,19 +153,28 @@ impl Models {
                 .map_err(|e| EngineError::Inference(e.to_string()))??
         };
         let root = dirs.first().and_then(|d| d.parent()).unwrap_or(Path::new("."));
-        let models = Models::empty(engine, Registry::new(root), metrics, None);
+        let models = Models::empty(engine, Registry::new(root), metrics, None, false, false);
         for dir in dirs {
             models.load_folder(dir).await?;
         }
         Ok(models)
     }
 
-    fn empty(engine: Engine, registry: Registry, metrics: Metrics, memory_budget: Option<u64>) -> Models {
+    fn empty(
+        engine: Engine,
+        registry: Registry,
+        metrics: Metrics,
+        memory_budget: Option<u64>,
+        follower: bool,
+        every_name: bool,
+    ) -> Models {
         Models(Arc::new(Inner {
             engine,
             registry,
             metrics,
             memory_budget,
+            follower,
+            every_name,
             table: RwLock::new(Table::default()),
             changes: tokio::sync::Mutex::new(()),
         }))
@@ -358,7 +377,7 @@ impl Models {
     async fn make_live(&self, handle: &ModelHandle, persist: bool) -> Result<(), ModelsError> {
         let card = &handle.info().card;
         let id = ModelId { name: card.name.clone(), version: card.version.clone() };
-        if persist {
+        if persist && !self.0.follower {
             self.0.registry.set_live(&id).map_err(|e| ModelsError::Engine(EngineError::Store(e)))?;
         }
         let previous = {
@@ -380,6 +399,67 @@ impl Models {
         self.update_gauges();
         tracing::info!(model = %id, "live");
         Ok(())
+    }
+
+    /// One poll of a follower: for each name it serves (and each name in the store, when it serves
+    /// every name) whose live pointer names another version than the one served, load that
+    /// version, then swap it in: the old one serves until the new one is loaded, and a version
+    /// that fails to load leaves it serving (the failure shows in `status` and the metrics, and
+    /// is not retried until the pointer moves). Pointers are written after their version folder
+    /// is complete (write, then rename), so a pointer never names a partial folder.
+    pub async fn follow_store(&self) {
+        let registry = self.0.registry.clone();
+        let mut names: BTreeSet<String> = self.read().names.keys().cloned().collect();
+        let every_name = self.0.every_name;
+        let wanted = tokio::task::spawn_blocking(move || {
+            if every_name {
+                names.extend(registry.names());
+            }
+            let live: Vec<(String, Option<String>)> =
+                names.into_iter().map(|n| (n.clone(), registry.live_version(&n))).collect();
+            (live, registry.default_name())
+        })
+        .await;
+        let Ok((wanted, default)) = wanted else { return };
+        for (name, pointer) in wanted {
+            let Some(version) = pointer else { continue };
+            let (served, failed) = {
+                let table = self.read();
+                let entry = table.names.get(&name);
+                let served = entry.and_then(|e| e.live.as_ref()).map(|h| h.info().card.version.clone());
+                (served, entry.is_some_and(|e| e.failed.contains_key(&version)))
+            };
+            let behind = served.as_deref() != Some(version.as_str());
+            if behind && !failed {
+                self.follow(&ModelId { name: name.clone(), version }).await;
+            }
+            let served =
+                self.read().names.get(&name).and_then(|e| e.live.as_ref()).map(|h| h.info().card.version.clone());
+            let pointer = self.0.registry.live_version(&name);
+            self.0.metrics.store_behind.with_label_values(&[&name]).set(i64::from(served != pointer));
+        }
+        if let Some(name) = default.filter(|n| self.resolve(n, None).is_ok()) {
+            self.write().default = Some(name);
+        }
+    }
+
+    async fn follow(&self, id: &ModelId) {
+        let _change = self.0.changes.lock().await;
+        let Ok(dir) = self.0.registry.dir(id) else { return };
+        let existing = self.read().names.get(&id.name).and_then(|e| e.get(&id.version).cloned());
+        let handle = match existing {
+            Some(h) => Ok(h),
+            None => self.load_unit(id, &dir).await,
+        };
+        match handle {
+            Ok(h) => {
+                if let Err(e) = self.make_live(&h, false).await {
+                    tracing::warn!(model = %id, error = %e, "following the store failed");
+                }
+            }
+            // load_unit recorded the failure; the old version keeps serving.
+            Err(e) => tracing::warn!(model = %id, error = %e, "the store's live version cannot be loaded"),
+        }
     }
 
     /// Makes the loaded or on-disk version `id` its name's live version.
@@ -484,7 +564,14 @@ impl Models {
                         });
                     }
                 }
-                NameStatus { default: table.default.as_deref() == Some(name.as_str()), name, live, versions }
+                let store_live = self.0.registry.live_version(&name);
+                NameStatus {
+                    default: table.default.as_deref() == Some(name.as_str()),
+                    name,
+                    live,
+                    store_live,
+                    versions,
+                }
             })
             .collect()
     }
@@ -497,7 +584,10 @@ fn invalid(model: &str, e: EngineError) -> ModelsError {
 #[derive(Debug)]
 pub struct NameStatus {
     pub name: String,
+    /// The version this replica serves.
     pub live: Option<String>,
+    /// The version the store's live pointer names (a scorer follows it).
+    pub store_live: Option<String>,
     pub default: bool,
     pub versions: Vec<VersionStatus>,
 }

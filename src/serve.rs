@@ -5,6 +5,7 @@ use crate::jobs::{Jobs, JobsConfig};
 use crate::kernels::{self, Cpu, CpuKernels};
 use crate::metrics::Metrics;
 use crate::models::{Models, ModelsConfig, VersionState};
+use crate::role::Role;
 use crate::store::Registry;
 use anyhow::{Context, Result};
 use std::future::Future;
@@ -18,6 +19,17 @@ pub struct ServeArgs {
     /// `live.json` and the default name's `default.json`.
     #[arg(long, env = "FLOWSCORE_MODELS_DIR", default_value = "models")]
     pub models_dir: PathBuf,
+    /// `all` (one process does everything), `scorer` (serves, follows the store's live pointers,
+    /// never writes the store or trains) or `trainer` (runs training jobs, writes the store).
+    #[arg(long, env = "FLOWSCORE_ROLE", value_enum, default_value_t = Role::All)]
+    pub role: Role,
+    /// How often a scorer reads the store's live pointers, in milliseconds (0: never).
+    #[arg(long, env = "FLOWSCORE_STORE_POLL_MS", default_value_t = 2000)]
+    pub store_poll_ms: u64,
+    /// Where store-changing admin requests go (named in a scorer's 409 answer), e.g.
+    /// http://flowscore-trainer:8080.
+    #[arg(long, env = "FLOWSCORE_TRAINER_URL")]
+    pub trainer_url: Option<String>,
     /// Models to serve (repeatable; the variable takes a comma-separated list): `name` (its live
     /// version), `name/version`, or a model folder path. Default: every name in the models folder.
     #[arg(long = "model", env = "FLOWSCORE_MODEL", value_delimiter = ',')]
@@ -172,7 +184,10 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState> {
     let chosen: Vec<&str> = kernels::kernels_used(cpu, args.cpu_kernels).iter().map(|k| k.name()).collect();
     tracing::info!(policy = %args.cpu_kernels, cpu = %cpu, kernels = %chosen.join(","), "cpu kernels");
     let registry = Registry::new(&args.models_dir);
-    registry.clean_temporaries();
+    // A scorer shares the store with a trainer whose temporaries may be in progress.
+    if args.role.writes_store() {
+        registry.clean_temporaries();
+    }
     let metrics = Metrics::new();
     let engine = {
         let (config, metrics) = (args.engine_config(), metrics.clone());
@@ -182,6 +197,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState> {
         selection: args.models.clone(),
         default: args.default_model.clone(),
         memory_budget: (args.memory_budget_mb > 0).then(|| args.memory_budget_mb.saturating_mul(1_000_000)),
+        follower: !args.role.writes_store(),
     };
     let models = Models::start(engine, registry.clone(), metrics.clone(), config).await;
     // A server that can serve nothing it was asked to is a configuration error, not a start.
@@ -211,13 +227,23 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState> {
         tracing::info!(model = %info.label(), live, dir = %info.dir.display(), "serving");
     }
     tracing::info!(default = ?models.default_name(), "default model of the unprefixed routes");
-    let jobs_config = JobsConfig { data_dir: args.data_dir.clone(), threads: args.train_threads };
-    let jobs = Jobs::open(registry.clone(), jobs_config, models.clone(), metrics.clone())
-        .with_context(|| format!("opening the jobs folder in {}", args.models_dir.display()))?;
+    metrics.role.with_label_values(&[args.role.name()]).set(1);
+    // Jobs write the store (versions, pointers, job records): never on a scorer.
+    let jobs = if args.role.writes_store() {
+        let jobs_config = JobsConfig { data_dir: args.data_dir.clone(), threads: args.train_threads };
+        let jobs = Jobs::open(registry.clone(), jobs_config, models.clone(), metrics.clone())
+            .with_context(|| format!("opening the jobs folder in {}", args.models_dir.display()))?;
+        Some(jobs)
+    } else {
+        None
+    };
     let mut state = AppState::new(models, metrics, args.limits());
     state.registry = registry;
     state.admin_token = args.admin_token.as_deref().filter(|t| !t.is_empty()).map(Into::into);
-    state.jobs = Some(jobs);
+    state.jobs = jobs;
+    state.role = args.role;
+    state.store_poll = Duration::from_millis(args.store_poll_ms);
+    state.trainer_url = args.trainer_url.clone().map(Into::into);
     state.drift = crate::drift::Drift::new(args.drift_window);
     Ok(state)
 }
@@ -236,7 +262,21 @@ pub async fn serve_on(
         draining.store(true, std::sync::atomic::Ordering::SeqCst);
     };
     let (limits, metrics) = (state.limits.clone(), state.metrics.clone());
+    let follower = (state.role == Role::Scorer && state.store_poll > Duration::ZERO).then(|| {
+        let (models, every) = (state.models.clone(), state.store_poll);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                models.follow_store().await;
+            }
+        })
+    });
     http::server::serve(listener, http::router(state.clone()), &limits, metrics, shutdown).await?;
+    if let Some(follower) = follower {
+        follower.abort();
+    }
     if let Some(jobs) = &state.jobs {
         jobs.shutdown(limits.drain_timeout).await;
     }

@@ -4,40 +4,13 @@
 mod common;
 
 use flowscore::serve::{build_state, serve_on, ServeArgs};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "s3cret";
-
-/// A models folder holding an untrained 3-column model `tab/1`, and a data folder with CSVs.
-fn workspace(tmp: &Path) -> (PathBuf, PathBuf) {
-    let (models, data) = (tmp.join("models"), tmp.join("data"));
-    std::fs::create_dir_all(&data).unwrap();
-    let arch = flowscore::flow::Architecture { dim: 3, couplings: 4, hidden_layers: 2, hidden_units: 32 };
-    let card = flowscore::store::ModelCard::new(
-        "tab",
-        arch,
-        flowscore::flow::Prior::Gaussian,
-        flowscore::flow::Preprocess::Identity,
-        flowscore::store::InputSpec { shape: vec![3], eight_bit: false },
-    );
-    let mut model = flowscore::store::Model::new(card, tch::Device::Cpu).unwrap();
-    flowscore::store::save(&mut model, &models.join("tab").join("1"), false).unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let mut csv = String::from("x,y,z\n");
-    for _ in 0..3000 {
-        let (a, b): (f64, f64) = (rng.sample(rand_distr::StandardNormal), rng.sample(rand_distr::StandardNormal));
-        csv += &format!("{},{},{}\n", 3.0 + 2.0 * a, -1.0 + 0.5 * b, a * b);
-    }
-    std::fs::write(data.join("good.csv"), &csv).unwrap();
-    std::fs::write(data.join("text.csv"), "x,y,z\n1,2,abc\n").unwrap();
-    std::fs::write(data.join("nan.csv"), "x,y,z\n1,2,3\n1,NaN,3\n").unwrap();
-    (models, data)
-}
+use common::process::{free_port, Child, Remote, TOKEN};
+use common::workspace;
 
 struct Server {
     base: String,
@@ -283,95 +256,6 @@ async fn swaps_under_load_fail_no_request() {
     assert_eq!(versions.into_iter().collect::<Vec<_>>(), ["1", "2"]);
     let (status, _) = s.post("/models/tab/9/activate", json!({})).await;
     assert_eq!(status, 404);
-}
-
-/// A `flowscore serve` child process on a fixed port of the workspace.
-struct Child {
-    process: std::process::Child,
-}
-
-impl Child {
-    fn spawn(models: &Path, data: &Path, port: u16) -> Child {
-        let process = std::process::Command::new(env!("CARGO_BIN_EXE_flowscore"))
-            .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--admin-token", TOKEN])
-            .arg("--models-dir")
-            .arg(models)
-            .arg("--data-dir")
-            .arg(data)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        Child { process }
-    }
-
-    /// SIGTERM, as `docker stop` and Kubernetes send it; the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.process.id().to_string();
-        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        self.process.wait().unwrap()
-    }
-
-    /// SIGKILL: a crash.
-    fn kill(mut self) {
-        self.process.kill().unwrap();
-        self.process.wait().unwrap();
-    }
-}
-
-/// Blocking HTTP helpers for tests that drive child processes.
-struct Remote {
-    rt: tokio::runtime::Runtime,
-    client: reqwest::Client,
-    base: String,
-}
-
-impl Remote {
-    fn new(port: u16) -> Remote {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        Remote { rt, client: reqwest::Client::new(), base: format!("http://127.0.0.1:{port}") }
-    }
-
-    fn wait_ready(&self) {
-        let start = Instant::now();
-        while self
-            .rt
-            .block_on(self.client.get(format!("{}/ready", self.base)).send())
-            .map(|r| r.status() != 200)
-            .unwrap_or(true)
-        {
-            assert!(start.elapsed() < Duration::from_secs(60), "server did not become ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.rt.block_on(async {
-            let mut r = self.client.request(method, format!("{}{path}", self.base)).bearer_auth(TOKEN);
-            if let Some(b) = body {
-                r = r.json(&b);
-            }
-            let r = r.send().await.unwrap();
-            (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-        })
-    }
-
-    /// Polls a job until it leaves `queued` and `running`.
-    fn wait_done(&self, id: &str) -> Value {
-        let start = Instant::now();
-        loop {
-            let (_, job) = self.call(reqwest::Method::GET, &format!("/train/{id}"), None);
-            if !matches!(job["state"].as_str(), Some("queued") | Some("running")) {
-                return job;
-            }
-            assert!(start.elapsed() < Duration::from_secs(300), "job {id} still running: {job}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Waits for a job's first checkpoint, so that a stop lands mid-job with state on disk.

@@ -31,6 +31,25 @@ impl From<JobError> for ApiError {
 }
 
 /// 401 without a bearer token, 403 with the wrong one.
+/// Store-changing requests on a scorer: 409, naming where to send them.
+pub async fn require_store_writer(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if state.role.writes_store() {
+        return Ok(next.run(req).await);
+    }
+    let target = match &state.trainer_url {
+        Some(url) => format!("the trainer at {url}"),
+        None => "the trainer replica (`flowscore serve --role trainer`)".into(),
+    };
+    Err(ApiError::Conflict(format!(
+        "this replica is a scorer: it follows the model store and never writes it; send training and activation \
+         requests to {target}"
+    )))
+}
+
 pub async fn require_admin(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
     let Some(expected) = state.admin_token.as_deref() else {
         return Err(ApiError::NotFound("admin routes are disabled (no admin token configured)".into()));
@@ -235,10 +254,10 @@ pub async fn list_models(State(state): State<AppState>) -> Json<serde_json::Valu
                     out
                 })
                 .collect();
-            serde_json::json!({"name": n.name, "live": n.live, "default": n.default, "versions": versions})
+            serde_json::json!({"name": n.name, "live": n.live, "store_live": n.store_live, "default": n.default, "versions": versions})
         })
         .collect();
-    Json(serde_json::json!({"default": default, "models": names}))
+    Json(serde_json::json!({"role": state.role, "default": default, "models": names}))
 }
 
 /// A card without its calibration rows and training history.

@@ -18,6 +18,7 @@ use crate::drift::Drift;
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::models::Models;
+use crate::role::Role;
 use crate::store::Registry;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::HeaderName;
@@ -100,6 +101,11 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// Each model's recent log_probs, for the drift test.
     pub drift: Drift,
+    /// A scorer answers store-changing admin requests with 409, naming `trainer_url`.
+    pub role: Role,
+    pub trainer_url: Option<Arc<str>>,
+    /// How often a scorer follows the store.
+    pub store_poll: Duration,
 }
 
 impl AppState {
@@ -109,7 +115,20 @@ impl AppState {
         let admission = Admission::new(models.engine().config().queue_depth, limits.max_inflight_bytes);
         let draining = Arc::new(AtomicBool::new(false));
         let drift = Drift::new(crate::drift::DEFAULT_WINDOW);
-        AppState { models, metrics, limits, registry, admin_token: None, jobs: None, admission, draining, drift }
+        AppState {
+            models,
+            metrics,
+            limits,
+            registry,
+            admin_token: None,
+            jobs: None,
+            admission,
+            draining,
+            drift,
+            role: Role::All,
+            trainer_url: None,
+            store_poll: Duration::ZERO,
+        }
     }
 }
 
@@ -165,12 +184,17 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The whole service as a router; tests drive it with `oneshot`, `serve` puts it on a socket.
 pub fn router(state: AppState) -> Router {
     let max_body = state.limits.max_body_bytes;
-    let admin = Router::new()
+    // What writes the store (jobs, versions, live pointers): a scorer refuses it with 409.
+    let store_writes = Router::new()
         .route("/train", post(admin::start_training).get(admin::list_jobs))
         .route("/train/{id}", get(admin::job).delete(admin::cancel_job))
         .route("/train/{id}/resume", post(admin::resume_job))
         .route("/models/{name}/{version}/activate", post(admin::activate))
         .route("/models/{name}/versions/{version}/activate", post(admin::activate))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin::require_store_writer));
+    // Loads and unloads change only this replica's memory.
+    let admin = Router::new()
+        .merge(store_writes)
         .route("/models/{name}/load", post(admin::load_model))
         .route("/models/{name}/unload", post(admin::unload_model))
         .route("/models/{name}/versions/{version}/load", post(admin::load_model))

@@ -47,15 +47,15 @@ pub struct TrainConfig {
     pub name: String,
     /// Additive coupling layers [default: 6 for images, 4 for tables].
     #[arg(long)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub couplings: Option<usize>,
     /// Hidden layers per coupling MLP [default: 3 for images, 2 for tables].
     #[arg(long)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub hidden_layers: Option<usize>,
     /// Units per hidden layer [default: 400 for images, 64 for tables].
     #[arg(long)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub hidden_units: Option<usize>,
     #[arg(long, value_enum, default_value = "logistic")]
     pub prior: Prior,
@@ -149,15 +149,17 @@ impl TrainConfig {
     pub fn json_schema() -> serde_json::Value {
         use serde_json::json;
         let int = |lo: usize, hi: usize| json!({"type": "integer", "minimum": lo, "maximum": hi});
+        // null: the default for the data's kind (images or tables).
+        let int_or_null = |lo: usize, hi: usize| json!({"type": ["integer", "null"], "minimum": lo, "maximum": hi});
         let enumerated = |values: &[&str]| json!({"type": "string", "enum": values});
         json!({
             "type": "object",
             "additionalProperties": false,
             "description": "Hyperparameters overriding the defaults of `flowscore train` (same names, snake_case).",
             "properties": {
-                "couplings": int(1, MAX_COUPLINGS),
-                "hidden_layers": int(1, MAX_HIDDEN_LAYERS),
-                "hidden_units": int(1, MAX_HIDDEN_UNITS),
+                "couplings": int_or_null(1, MAX_COUPLINGS),
+                "hidden_layers": int_or_null(1, MAX_HIDDEN_LAYERS),
+                "hidden_units": int_or_null(1, MAX_HIDDEN_UNITS),
                 "prior": enumerated(&["logistic", "gaussian"]),
                 "preprocess": enumerated(&["auto", "identity", "standardize", "logit", "whiten"]),
                 "logit_alpha": {"type": "number", "minimum": 0, "exclusiveMaximum": 0.5},

@@ -1,9 +1,11 @@
 //! Fixtures shared by the integration tests.
 #![allow(dead_code)]
+pub mod process;
 use flowscore::flow::{Architecture, Preprocess, Prior};
 use flowscore::store::{InputSpec, Model, ModelCard};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// A small model with every weight random (a fresh model's couplings are the identity, which
@@ -68,3 +70,29 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 pub const FASHION_TEST: &str = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
+
+/// A models folder holding an untrained 3-column model `tab/1`, and a data folder with CSVs.
+pub fn workspace(tmp: &Path) -> (PathBuf, PathBuf) {
+    let (models, data) = (tmp.join("models"), tmp.join("data"));
+    std::fs::create_dir_all(&data).unwrap();
+    let arch = flowscore::flow::Architecture { dim: 3, couplings: 4, hidden_layers: 2, hidden_units: 32 };
+    let card = flowscore::store::ModelCard::new(
+        "tab",
+        arch,
+        flowscore::flow::Prior::Gaussian,
+        flowscore::flow::Preprocess::Identity,
+        flowscore::store::InputSpec { shape: vec![3], eight_bit: false },
+    );
+    let mut model = flowscore::store::Model::new(card, tch::Device::Cpu).unwrap();
+    flowscore::store::save(&mut model, &models.join("tab").join("1"), false).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut csv = String::from("x,y,z\n");
+    for _ in 0..3000 {
+        let (a, b): (f64, f64) = (rng.sample(rand_distr::StandardNormal), rng.sample(rand_distr::StandardNormal));
+        csv += &format!("{},{},{}\n", 3.0 + 2.0 * a, -1.0 + 0.5 * b, a * b);
+    }
+    std::fs::write(data.join("good.csv"), &csv).unwrap();
+    std::fs::write(data.join("text.csv"), "x,y,z\n1,2,abc\n").unwrap();
+    std::fs::write(data.join("nan.csv"), "x,y,z\n1,2,3\n1,NaN,3\n").unwrap();
+    (models, data)
+}
