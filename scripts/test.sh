@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what it needs, then format, lints, the
-# Rust tests (unit, exactness, store, training, CLI, Python-loader agreement), the Python
-# loader's own self-check, the API fuzzer, the Open Inference Protocol conformance check with
-# tritonclient, and the Docker end-to-end check.
+# Rust tests (unit, exactness, store, training, CLI, Python-loader agreement, replicas and the
+# S3 store), the Python loader's own self-check, the Kubernetes manifests' schema check, the API
+# fuzzer, the Open Inference Protocol conformance check with tritonclient, and the Docker
+# end-to-end check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --python
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
-cargo test --release
+# An S3-compatible server (moto) for the remote-store tests, which then must not skip.
+scripts/setup-s3-server.sh
+FLOWSCORE_REQUIRE_S3=1 cargo test --release
 .venv/bin/python python/test_flowscore_torch.py
+# The Kubernetes manifests: rendered and validated against Kubernetes' schemas, offline.
+scripts/validate-k8s.sh
 # The HTTP API fuzzed from its own OpenAPI document (schemathesis, every check).
 scripts/fuzz.sh
 # The Open Inference Protocol with a real client (tritonclient[http]).

@@ -56,6 +56,10 @@ pub struct MetricSet {
     pub store_behind: IntGaugeVec,
     /// The replica's role (value 1).
     pub role: IntGaugeVec,
+    /// Failed syncs with the remote store, by direction (push, pull).
+    pub store_sync_errors: IntCounterVec,
+    /// When the last sync with the remote store succeeded (Unix seconds).
+    pub store_last_sync: Gauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
@@ -159,6 +163,12 @@ impl MetricSet {
             registry.register(Box::new(g.clone())).expect("unique metric");
             g
         };
+        let store_sync_errors = IntCounterVec::new(
+            Opts::new("flowscore_store_sync_errors_total", "Failed syncs with the remote store, by direction."),
+            &["op"],
+        )
+        .expect("valid counter");
+        registry.register(Box::new(store_sync_errors.clone())).expect("unique metric");
         let fgauge = |name: &str, help: &str| {
             let g = Gauge::new(name, help).expect("valid gauge");
             registry.register(Box::new(g.clone())).expect("unique metric");
@@ -253,6 +263,11 @@ impl MetricSet {
                 "model",
             ),
             role: gauge_vec("flowscore_role", "This replica's role (value 1): all, scorer or trainer.", "role"),
+            store_sync_errors,
+            store_last_sync: fgauge(
+                "flowscore_store_last_sync_timestamp_seconds",
+                "When the last sync with the remote store (--store-url) succeeded, Unix seconds.",
+            ),
             registry,
         }
     }

@@ -6,10 +6,12 @@ use crate::kernels::{self, Cpu, CpuKernels};
 use crate::metrics::Metrics;
 use crate::models::{Models, ModelsConfig, VersionState};
 use crate::role::Role;
+use crate::store::remote::RemoteStore;
 use crate::store::Registry;
 use anyhow::{Context, Result};
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Every setting is a flag and an environment variable.
@@ -23,7 +25,13 @@ pub struct ServeArgs {
     /// never writes the store or trains) or `trainer` (runs training jobs, writes the store).
     #[arg(long, env = "FLOWSCORE_ROLE", value_enum, default_value_t = Role::All)]
     pub role: Role,
-    /// How often a scorer reads the store's live pointers, in milliseconds (0: never).
+    /// An S3-compatible object store shared by the replicas, `s3://bucket/prefix` (credentials,
+    /// region and endpoint from `AWS_*` variables); `--models-dir` is then this replica's local
+    /// copy. Unset: `--models-dir` itself is the shared store (a local or shared filesystem).
+    #[arg(long, env = "FLOWSCORE_STORE_URL")]
+    pub store_url: Option<String>,
+    /// How often a scorer reads the store's live pointers (and, with `--store-url`, how often a
+    /// writer uploads new versions), in milliseconds (0: never).
     #[arg(long, env = "FLOWSCORE_STORE_POLL_MS", default_value_t = 2000)]
     pub store_poll_ms: u64,
     /// Where store-changing admin requests go (named in a scorer's 409 answer), e.g.
@@ -185,9 +193,22 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState> {
     tracing::info!(policy = %args.cpu_kernels, cpu = %cpu, kernels = %chosen.join(","), "cpu kernels");
     let registry = Registry::new(&args.models_dir);
     // A scorer shares the store with a trainer whose temporaries may be in progress.
-    if args.role.writes_store() {
+    if args.role.writes_store() || args.store_url.is_some() {
         registry.clean_temporaries();
     }
+    let remote = match &args.store_url {
+        Some(url) => {
+            let remote = RemoteStore::open(url)?;
+            // A writer mirrors every version (it numbers the next one); a scorer what is live.
+            let pulled = remote
+                .pull(&registry, args.role.writes_store())
+                .await
+                .with_context(|| format!("copying models from {url} into {}", args.models_dir.display()))?;
+            tracing::info!(store = %url, pulled = ?pulled, "synced from the remote store");
+            Some(Arc::new(remote))
+        }
+        None => None,
+    };
     let metrics = Metrics::new();
     let engine = {
         let (config, metrics) = (args.engine_config(), metrics.clone());
@@ -243,6 +264,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState> {
     state.jobs = jobs;
     state.role = args.role;
     state.store_poll = Duration::from_millis(args.store_poll_ms);
+    state.remote = remote;
     state.trainer_url = args.trainer_url.clone().map(Into::into);
     state.drift = crate::drift::Drift::new(args.drift_window);
     Ok(state)
@@ -262,17 +284,8 @@ pub async fn serve_on(
         draining.store(true, std::sync::atomic::Ordering::SeqCst);
     };
     let (limits, metrics) = (state.limits.clone(), state.metrics.clone());
-    let follower = (state.role == Role::Scorer && state.store_poll > Duration::ZERO).then(|| {
-        let (models, every) = (state.models.clone(), state.store_poll);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                models.follow_store().await;
-            }
-        })
-    });
+    let syncs = state.role == Role::Scorer || state.remote.is_some();
+    let follower = (syncs && state.store_poll > Duration::ZERO).then(|| tokio::spawn(sync_store(state.clone())));
     http::server::serve(listener, http::router(state.clone()), &limits, metrics, shutdown).await?;
     if let Some(follower) = follower {
         follower.abort();
@@ -282,6 +295,39 @@ pub async fn serve_on(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every `store_poll`: a scorer copies new live versions from the remote store (if any) and
+/// follows the live pointers; a writer uploads its new versions and pointers to the remote store.
+async fn sync_store(state: AppState) {
+    let mut tick = tokio::time::interval(state.store_poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let registry = state.models.registry().clone();
+    loop {
+        tick.tick().await;
+        if let Some(remote) = &state.remote {
+            let (op, result) = if state.role.writes_store() {
+                ("push", remote.push(&registry).await)
+            } else {
+                ("pull", remote.pull(&registry, false).await)
+            };
+            match result {
+                Ok(changed) => {
+                    if !changed.is_empty() {
+                        tracing::info!(store = %remote.url(), op, changed = ?changed, "remote store synced");
+                    }
+                    state.metrics.store_last_sync.set(time::OffsetDateTime::now_utc().unix_timestamp() as f64);
+                }
+                Err(e) => {
+                    tracing::warn!(store = %remote.url(), op, error = %e, "remote store sync failed");
+                    state.metrics.store_sync_errors.with_label_values(&[op]).inc();
+                }
+            }
+        }
+        if state.role == Role::Scorer {
+            state.models.follow_store().await;
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

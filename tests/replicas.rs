@@ -94,13 +94,14 @@ fn a_scorer_follows_the_trainer_and_survives_a_corrupt_version() {
     let (models, data) = workspace(tmp.path());
     let (trainer_port, scorer_port) = (free_port(), free_port());
     let trainer_url = format!("http://127.0.0.1:{trainer_port}");
-    let trainer = Child::spawn_with(&models, &data, trainer_port, &["--role", "trainer"]);
+    let trainer = Child::spawn_with(&models, &data, trainer_port, &["--role", "trainer"], &[]);
     let poll = POLL_MS.to_string();
     let scorer = Child::spawn_with(
         &models,
         &data,
         scorer_port,
         &["--role", "scorer", "--store-poll-ms", &poll, "--trainer-url", &trainer_url],
+        &[],
     );
     let (t, s) = (Remote::new(trainer_port), Remote::new(scorer_port));
     t.wait_ready();

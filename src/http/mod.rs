@@ -104,8 +104,10 @@ pub struct AppState {
     /// A scorer answers store-changing admin requests with 409, naming `trainer_url`.
     pub role: Role,
     pub trainer_url: Option<Arc<str>>,
-    /// How often a scorer follows the store.
+    /// How often a scorer follows the store (and a replica syncs with the remote store).
     pub store_poll: Duration,
+    /// The shared object store, when `--models-dir` is a local copy of it.
+    pub remote: Option<Arc<crate::store::remote::RemoteStore>>,
 }
 
 impl AppState {
@@ -128,6 +130,7 @@ impl AppState {
             role: Role::All,
             trainer_url: None,
             store_poll: Duration::ZERO,
+            remote: None,
         }
     }
 }

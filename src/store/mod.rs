@@ -3,6 +3,7 @@
 //! truncated or mismatched folder could get wrong and says what is wrong.
 mod card;
 pub mod registry;
+pub mod remote;
 
 pub use card::{now_rfc3339, EpochRecord, InputSpec, ModelCard, TrainingSummary, WeightsRef, FORMAT_VERSION};
 pub use registry::{ModelId, Registry};

@@ -13,14 +13,15 @@ pub struct Child {
 
 impl Child {
     pub fn spawn(models: &Path, data: &Path, port: u16) -> Child {
-        Child::spawn_with(models, data, port, &[])
+        Child::spawn_with(models, data, port, &[], &[])
     }
 
-    /// With extra `serve` flags.
-    pub fn spawn_with(models: &Path, data: &Path, port: u16, extra: &[&str]) -> Child {
+    /// With extra `serve` flags and environment variables.
+    pub fn spawn_with(models: &Path, data: &Path, port: u16, extra: &[&str], envs: &[(&str, &str)]) -> Child {
         let process = std::process::Command::new(env!("CARGO_BIN_EXE_flowscore"))
             .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--admin-token", TOKEN])
             .args(extra)
+            .envs(envs.iter().copied())
             .arg("--models-dir")
             .arg(models)
             .arg("--data-dir")
