@@ -32,6 +32,17 @@ struct DefaultPointer {
     name: String,
 }
 
+/// Pointer reads in flight at once during a poll.
+const POINTER_READS: usize = 16;
+
+async fn get(store: &dyn ObjectStore, key: &Key) -> Result<Option<Vec<u8>>, RemoteError> {
+    match store.get(key).await {
+        Ok(r) => Ok(Some(r.bytes().await?.to_vec())),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub struct RemoteStore {
     store: Arc<dyn ObjectStore>,
     prefix: Key,
@@ -68,11 +79,27 @@ impl RemoteStore {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, RemoteError> {
-        match self.store.get(key).await {
-            Ok(r) => Ok(Some(r.bytes().await?.to_vec())),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
+        get(self.store.as_ref(), key).await
+    }
+
+    /// Each name's live pointer, read concurrently (a poll costs one round trip per
+    /// `POINTER_READS` names, not one per name).
+    async fn live_versions(&self, names: &[String]) -> Result<Vec<Option<String>>, RemoteError> {
+        let limit = Arc::new(tokio::sync::Semaphore::new(POINTER_READS));
+        let mut reads = tokio::task::JoinSet::new();
+        for (i, name) in names.iter().enumerate() {
+            let (store, key, limit) = (self.store.clone(), self.key(&[name, LIVE_FILE]), limit.clone());
+            reads.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                (i, get(store.as_ref(), &key).await)
+            });
         }
+        let mut out = vec![None; names.len()];
+        while let Some(done) = reads.join_next().await {
+            let (i, bytes) = done.map_err(|e| RemoteError::Local(e.to_string()))?;
+            out[i] = bytes?.and_then(|b| serde_json::from_slice::<LivePointer>(&b).ok()).map(|p| p.version);
+        }
+        Ok(out)
     }
 
     /// The folder names directly under `key`, valid as model names or versions.
@@ -148,8 +175,9 @@ impl RemoteStore {
     /// Returns what it downloaded.
     pub async fn pull(&self, local: &Registry, every_version: bool) -> Result<Vec<String>, RemoteError> {
         let mut pulled = Vec::new();
-        for name in self.children(&self.prefix).await? {
-            let live = self.live_version(&name).await?;
+        let names = self.children(&self.prefix).await?;
+        let pointers = self.live_versions(&names).await?;
+        for (name, live) in names.into_iter().zip(pointers) {
             let versions =
                 if every_version { self.children(&self.key(&[&name])).await? } else { live.iter().cloned().collect() };
             for version in versions {
