@@ -3,7 +3,7 @@
 # Rust tests (unit, exactness, store, training, CLI, Python-loader agreement, replicas and the
 # S3 store), the Python loader's own self-check, the Kubernetes manifests' schema check, the API
 # fuzzer, the Open Inference Protocol conformance check with tritonclient, and the Docker
-# end-to-end check.
+# end-to-end checks (one service, then the scaled-out stack).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --python
@@ -21,3 +21,6 @@ scripts/fuzz.sh
 scripts/oip-conformance.sh
 # The Docker image and compose stack end to end (docker/e2e.sh), where a Docker daemon answers.
 if docker info >/dev/null 2>&1; then docker/e2e.sh; else echo "docker not available: skipping docker e2e"; fi
+# The scaled-out stack (docker/compose.scale.yaml: a trainer, 3 scorers, HAProxy, Prometheus)
+# under load, on the image e2e.sh just built.
+if docker info >/dev/null 2>&1; then E2E_SKIP_BUILD=1 docker/scale-e2e.sh; else echo "docker not available: skipping the scale-out e2e"; fi

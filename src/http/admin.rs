@@ -40,6 +40,9 @@ pub async fn require_store_writer(
     if state.role.writes_store() {
         return Ok(next.run(req).await);
     }
+    // Read the body first: an answer sent before it closes the connection, and a proxy in
+    // front may then lose the answer.
+    let _ = axum::body::to_bytes(req.into_body(), state.limits.max_body_bytes).await;
     let target = match &state.trainer_url {
         Some(url) => format!("the trainer at {url}"),
         None => "the trainer replica (`flowscore serve --role trainer`)".into(),
