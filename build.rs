@@ -4,9 +4,9 @@
 //! (set by .cargo/config.toml).
 //!
 //! It also tells the tests which kernels this machine can run, as cfgs (`cpu_avx512`,
-//! `libtorch_mkl`, `libtorch_onednn`), so that a test of a kernel the machine lacks is ignored with
-//! its reason rather than passing without running; the tests check these against what the
-//! running process detects.
+//! `libtorch_mkl`, `libtorch_onednn`, and `cuda_gpu` for a CUDA libtorch with a GPU), so that a
+//! test of a kernel the machine lacks is ignored with its reason rather than passing without
+//! running; the tests check these against what the running process detects.
 use std::path::{Path, PathBuf};
 
 const CPP: [&str; 2] = ["src/kernels/cpp/onednn_linear.cpp", "src/kernels/cpp/tiled_linear.cpp"];
@@ -44,6 +44,11 @@ fn main() {
     println!("cargo:rustc-link-arg=-l:libgomp.so.1");
 
     kernel_cfgs(&lib.join("libtorch_cpu.so"));
+    // The GPU tests run where libtorch has CUDA and an NVIDIA device is present.
+    println!("cargo::rustc-check-cfg=cfg(cuda_gpu)");
+    if lib.join("libtorch_cuda.so").exists() && Path::new("/dev/nvidiactl").exists() {
+        println!("cargo:rustc-cfg=cuda_gpu");
+    }
 }
 
 /// The cfgs the tests read: what this (build = test) machine and its libtorch can run.

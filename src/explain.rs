@@ -56,13 +56,15 @@ pub fn grid(model: &Model) -> Result<Vec<Vec<f32>>, FlowError> {
 pub fn explain(model: &Model, rows: &Tensor, grid: &[Vec<f32>]) -> Result<Explanation, FlowError> {
     let _guard = tch::no_grad_guard();
     let (n, dim) = (rows.size()[0], rows.size()[1]);
-    let mut base: Vec<f64> = Vec::try_from(model.nice.log_prob(rows)?.to_kind(Kind::Double))?;
+    let mut base: Vec<f64> = Vec::try_from(model.nice.log_prob(rows)?.to_kind(Kind::Double).to_device(Device::Cpu))?;
     // Rows whose float32 log-density overflowed are scored again in float64, as /log_prob does.
     let bad: Vec<i64> = base.iter().enumerate().filter(|(_, v)| !v.is_finite()).map(|(i, _)| i as i64).collect();
     if !bad.is_empty() {
         let wide = model.to_double()?;
-        let again = wide.nice.log_prob(&rows.index_select(0, &Tensor::from_slice(&bad)).to_kind(Kind::Double))?;
-        for (i, v) in bad.iter().zip(Vec::<f64>::try_from(again)?) {
+        let again = wide.nice.log_prob(
+            &rows.index_select(0, &Tensor::from_slice(&bad).to_device(rows.device())).to_kind(Kind::Double),
+        )?;
+        for (i, v) in bad.iter().zip(Vec::<f64>::try_from(again.to_device(Device::Cpu))?) {
             base[*i as usize] = v;
         }
     }
@@ -82,13 +84,19 @@ pub fn explain(model: &Model, rows: &Tensor, grid: &[Vec<f32>]) -> Result<Explan
         let r = rows_per_block.min(n - start);
         let mut block =
             rows.narrow(0, start, r).unsqueeze(1).expand([r, m, dim], false).contiguous().view([r * m, dim]);
-        let at = Tensor::arange(r * m, (Kind::Int64, Device::Cpu));
-        let cols = Tensor::from_slice(&features).repeat([r]);
-        let _ = block.index_put_(&[Some(at), Some(cols)], &Tensor::from_slice(&values).repeat([r]), false);
+        let device = block.device();
+        let at = Tensor::arange(r * m, (Kind::Int64, device));
+        let cols = Tensor::from_slice(&features).repeat([r]).to_device(device);
+        let _ = block.index_put_(
+            &[Some(at), Some(cols)],
+            &Tensor::from_slice(&values).repeat([r]).to_device(device),
+            false,
+        );
         let mut best = vec![f64::NEG_INFINITY; (r * dim) as usize];
         for piece in (0..r * m).step_by(CHUNK as usize) {
             let len = CHUNK.min(r * m - piece);
-            let lp: Vec<f64> = Vec::try_from(model.nice.log_prob(&block.narrow(0, piece, len))?.to_kind(Kind::Double))?;
+            let lp = model.nice.log_prob(&block.narrow(0, piece, len))?.to_kind(Kind::Double).to_device(Device::Cpu);
+            let lp: Vec<f64> = Vec::try_from(lp)?;
             for (k, v) in lp.into_iter().enumerate() {
                 let flat = piece as usize + k;
                 let (row, cand) = (flat / m as usize, flat % m as usize);

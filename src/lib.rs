@@ -3,6 +3,7 @@ pub mod anomaly;
 pub mod calibration;
 pub mod cli;
 pub mod data;
+pub mod device;
 pub mod drift;
 pub mod engine;
 pub mod eval;

@@ -122,6 +122,9 @@ pub struct ServeArgs {
     /// Per-request time limit in the engine, milliseconds.
     #[arg(long, env = "FLOWSCORE_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
+    /// Where models run: `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when libtorch sees a GPU).
+    #[arg(long, env = "FLOWSCORE_DEVICE", default_value = "auto", value_parser = crate::device::parse)]
+    pub device: tch::Device,
     /// CPU kernels of the coupling MLPs: `auto` (the measured rule for this CPU), or one kernel at
     /// every batch size: `plain` (libtorch's own layers), `mkl`, `onednn`, `tiled` (see
     /// docs/kernels.md). A kernel this machine cannot run stops the start with an error.
@@ -154,6 +157,7 @@ impl ServeArgs {
             queue_depth: self.queue_depth.max(1),
             request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
             cpu_kernels: self.cpu_kernels,
+            device: self.device,
         }
     }
 
@@ -187,6 +191,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState> {
     let mut shown = args.clone();
     shown.admin_token = shown.admin_token.map(|_| "<redacted>".into());
     tracing::info!(args = ?shown, "starting");
+    tracing::info!(device = %crate::device::name(args.device), "inference device");
     let cpu = Cpu::detect();
     kernels::check(cpu, args.cpu_kernels)?;
     let chosen: Vec<&str> = kernels::kernels_used(cpu, args.cpu_kernels).iter().map(|k| k.name()).collect();

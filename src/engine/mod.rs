@@ -30,8 +30,10 @@ pub struct EngineConfig {
     pub queue_depth: usize,
     /// A request not answered within this time fails with 503.
     pub request_timeout: Duration,
-    /// Which CPU kernels the coupling MLPs run on (`crate::kernels::plan`).
+    /// Which CPU kernels the coupling MLPs run on (`crate::kernels::plan`); not used on a GPU.
     pub cpu_kernels: CpuKernels,
+    /// Where the models run; batches move there once and results come back once.
+    pub device: tch::Device,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +46,7 @@ impl Default for EngineConfig {
             queue_depth: 1024,
             request_timeout: Duration::from_secs(30),
             cpu_kernels: CpuKernels::Auto,
+            device: tch::Device::Cpu,
         }
     }
 }
@@ -57,6 +60,8 @@ pub struct ModelInfo {
     pub generation: u64,
     /// Estimated bytes the inference threads hold for it (weights and prepared kernel copies).
     pub memory_bytes: u64,
+    /// Where it runs: `cpu` or `cuda:N`.
+    pub device: String,
 }
 
 impl ModelInfo {
@@ -323,7 +328,8 @@ impl Engine {
         }
         let generation = self.shared.next_generation.fetch_add(1, Ordering::SeqCst) + 1;
         let memory_bytes = memory_estimate(&card, self.config.workers);
-        let info = Arc::new(ModelInfo { card, dir, generation, memory_bytes });
+        let device = crate::device::name(self.config().device);
+        let info = Arc::new(ModelInfo { card, dir, generation, memory_bytes, device });
         let (queue, jobs) = crossbeam_channel::bounded(self.config.queue_depth.max(1));
         let unit = Arc::new(Unit { info, queue, jobs, front: Mutex::new(None), scheduled: AtomicBool::new(false) });
         let controls = self.controls.clone();

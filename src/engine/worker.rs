@@ -81,18 +81,23 @@ struct Live {
 impl Live {
     fn load(unit: Arc<Unit>, config: &EngineConfig) -> Result<Live, EngineError> {
         let info = &unit.info;
-        let mut model = store::load(&info.dir, Device::Cpu)?;
+        let mut model = store::load(&info.dir, config.device)?;
         model.vs.freeze();
-        let prepared = crate::kernels::prepare(&mut model.nice, config.cpu_kernels)?;
-        tracing::debug!(
-            kernels = ?prepared.kernels, prepared_mb = prepared.bytes as f64 / 1e6, dir = %info.dir.display(),
-            "weights prepared for inference"
-        );
+        // The CPU kernels pack weights for the CPU; on a GPU libtorch's own layers run.
+        if config.device == Device::Cpu {
+            let prepared = crate::kernels::prepare(&mut model.nice, config.cpu_kernels)?;
+            tracing::debug!(
+                kernels = ?prepared.kernels, prepared_mb = prepared.bytes as f64 / 1e6, dir = %info.dir.display(),
+                "weights prepared for inference"
+            );
+        }
         // One forward pass at the real batch shape, so the first request pays no set-up cost.
         let rows = config.max_batch_rows.clamp(1, 1024) as i64;
         let x = match model.card.preprocess.domain() {
-            Some((lo, hi)) => Tensor::full([rows, info.dim() as i64], (lo + hi) / 2.0, (tch::Kind::Float, Device::Cpu)),
-            None => Tensor::zeros([rows, info.dim() as i64], (tch::Kind::Float, Device::Cpu)),
+            Some((lo, hi)) => {
+                Tensor::full([rows, info.dim() as i64], (lo + hi) / 2.0, (tch::Kind::Float, config.device))
+            }
+            None => Tensor::zeros([rows, info.dim() as i64], (tch::Kind::Float, config.device)),
         };
         let _ = model.nice.log_prob(&x).map_err(|e| EngineError::Inference(e.to_string()))?;
         Ok(Live { model, unit, expect: 1 })
@@ -338,27 +343,30 @@ impl Worker {
     }
 }
 
-fn tensor(rows: &[f32], dim: usize) -> Result<Tensor, EngineError> {
+/// Rows as a `[n, dim]` tensor on `device` (one copy to a GPU per batch).
+fn tensor(rows: &[f32], dim: usize, device: Device) -> Result<Tensor, EngineError> {
     let t = Tensor::f_from_slice(rows).and_then(|t| t.f_view([(rows.len() / dim) as i64, dim as i64]));
-    t.map_err(|e| EngineError::Inference(e.to_string()))
+    let t = t.map_err(|e| EngineError::Inference(e.to_string()))?;
+    Ok(if device == Device::Cpu { t } else { t.to_device(device) })
 }
 
 fn to_vec<T: tch::kind::Element>(t: &Tensor) -> Result<Vec<T>, EngineError>
 where
     Vec<T>: TryFrom<Tensor, Error = tch::TchError>,
 {
-    Vec::<T>::try_from(t.flatten(0, -1)).map_err(|e| EngineError::Inference(e.to_string()))
+    Vec::<T>::try_from(t.flatten(0, -1).to_device(Device::Cpu)).map_err(|e| EngineError::Inference(e.to_string()))
 }
 
 /// One forward pass over the concatenated rows of `jobs` (all of one kind), split back per job.
 fn compute(model: &Model, jobs: &[Job], dim: usize) -> Result<Vec<Output>, EngineError> {
     let flow_err = |e: crate::flow::FlowError| EngineError::Inference(e.to_string());
+    let device = model.vs.device();
     let concat = |pick: &dyn Fn(&Task) -> &[f32]| -> Result<Tensor, EngineError> {
         if jobs.len() == 1 {
-            return tensor(pick(&jobs[0].task), dim);
+            return tensor(pick(&jobs[0].task), dim, device);
         }
         let all: Vec<f32> = jobs.iter().flat_map(|j| pick(&j.task).iter().copied()).collect();
-        tensor(&all, dim)
+        tensor(&all, dim, device)
     };
     let counts: Vec<usize> = jobs.iter().map(|j| j.task.rows(dim)).collect();
     match &jobs[0].task {
@@ -399,13 +407,13 @@ fn compute(model: &Model, jobs: &[Job], dim: usize) -> Result<Vec<Output>, Engin
             Ok(vec![Output::Rows(to_vec(&x)?)])
         }
         Task::Inpaint { rows, missing, options } => {
-            let (x, m) = (tensor(rows, dim)?, tensor(missing, dim)?);
+            let (x, m) = (tensor(rows, dim, device)?, tensor(missing, dim, device)?);
             let out = model.nice.inpaint(&x, &m, options).map_err(flow_err)?;
             Ok(vec![Output::Rows(to_vec(&out)?)])
         }
         Task::Explain { rows } => {
             let grid = crate::explain::grid(model).map_err(flow_err)?;
-            let e = crate::explain::explain(model, &tensor(rows, dim)?, &grid).map_err(flow_err)?;
+            let e = crate::explain::explain(model, &tensor(rows, dim, device)?, &grid).map_err(flow_err)?;
             Ok(vec![Output::Explain { attributions: e.attributions, log_prob: e.log_prob }])
         }
     }
@@ -433,7 +441,7 @@ fn rescore_in_f64(model: &Model, x: &Tensor, lp: &mut [f64]) -> Result<(), Engin
         return Ok(());
     }
     let wide = model.to_double().map_err(|e| EngineError::Inference(e.to_string()))?;
-    let rows = x.index_select(0, &Tensor::from_slice(&bad)).to_kind(tch::Kind::Double);
+    let rows = x.index_select(0, &Tensor::from_slice(&bad).to_device(x.device())).to_kind(tch::Kind::Double);
     let again: Vec<f64> = to_vec(&wide.nice.log_prob(&rows).map_err(|e| EngineError::Inference(e.to_string()))?)?;
     for (i, v) in bad.into_iter().zip(again) {
         lp[i as usize] = v;
@@ -481,7 +489,8 @@ mod tests {
             crate::flow::Preprocess::Identity,
             input,
         );
-        let info = Arc::new(ModelInfo { card, dir: "unused".into(), generation: 0, memory_bytes: 0 });
+        let info =
+            Arc::new(ModelInfo { card, dir: "unused".into(), generation: 0, memory_bytes: 0, device: "cpu".into() });
         let (queue, jobs) = crossbeam_channel::unbounded();
         let unit = Arc::new(Unit {
             info,

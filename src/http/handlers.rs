@@ -661,6 +661,7 @@ pub async fn named_model(Target(target): Target) -> Response {
 
 fn card_response(info: &ModelInfo) -> Response {
     let mut card = serde_json::to_value(&info.card).unwrap_or_default();
+    card["device"] = info.device.clone().into();
     if let Some(c) = &info.card.calibration {
         card["calibration"] = serde_json::json!({
             "rows": c.log_probs.len(), "threshold_quantile": c.threshold_quantile, "threshold": c.threshold,
