@@ -26,7 +26,7 @@ fn paper(device: Device) -> Model {
     let model = Model::new(card, device).expect("model");
     let _g = tch::no_grad_guard();
     for (_, mut t) in model.named_tensors() {
-        let _ = t.copy_(&(t.randn_like() * 0.02));
+        t.copy_(&(t.randn_like() * 0.02));
     }
     model
 }
