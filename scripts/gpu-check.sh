@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks, for a machine with an NVIDIA GPU (issue "Scoring and training on a GPU"): the
 # CUDA libtorch, a release build, the GPU exactness tests (tests/gpu.rs, which build.rs enables
-# where libtorch has CUDA and /dev/nvidiactl exists), the raw throughput benchmark (bench/gpu.rs)
-# and the served rows/s of 4096-row NPY requests at 8 clients against that raw rate. Writes the
-# figures to ${OUT:-bench/out}/gpu-results.txt.
+# where libtorch has CUDA and /dev/nvidiactl exists), the raw throughput benchmark (bench/gpu.rs),
+# the served rows/s of 4096-row NPY requests at 8 clients against that raw rate, and one training
+# epoch on the GPU next to one on the CPU. Writes the figures to
+# ${OUT:-bench/out}/gpu-results.txt.
 #
 #   scripts/gpu-check.sh
 set -euo pipefail
@@ -35,4 +36,15 @@ trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 120); do curl -sf 127.0.0.1:8093/ready >/dev/null && break; sleep 1; done
 cargo bench --bench load -- --url http://127.0.0.1:8093/log_prob --body "$out/rows4096.npy" \
   --content-type application/x-npy --rows 4096 --concurrency 8 --seconds 15 | tee -a "$log"
+# One training epoch of the default recipe on Fashion-MNIST, on the GPU and on the CPU.
+data=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+if [ -f "$data" ]; then
+  for device in cuda cpu; do
+    start=$(date +%s.%N)
+    target/release/flowscore train --data "$data" --out "$out/epoch-$device" --force --epochs 1 --device "$device" >/dev/null
+    say "train_epoch device=$device seconds=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$start" "$(date +%s.%N)")"
+  done
+else
+  say "train_epoch: $data missing (scripts/setup.sh installs it)"
+fi
 say "done: $log"

@@ -256,7 +256,8 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState> {
     metrics.role.with_label_values(&[args.role.name()]).set(1);
     // Jobs write the store (versions, pointers, job records): never on a scorer.
     let jobs = if args.role.writes_store() {
-        let jobs_config = JobsConfig { data_dir: args.data_dir.clone(), threads: args.train_threads };
+        let jobs_config =
+            JobsConfig { data_dir: args.data_dir.clone(), threads: args.train_threads, device: args.device };
         let jobs = Jobs::open(registry.clone(), jobs_config, models.clone(), metrics.clone())
             .with_context(|| format!("opening the jobs folder in {}", args.models_dir.display()))?;
         Some(jobs)

@@ -1,7 +1,8 @@
 //! The GPU path, where there is one (`cuda_gpu`: a CUDA libtorch and an NVIDIA device; ignored
 //! with that reason elsewhere): log_prob on CUDA equals the CPU's to 1e-4 relative on the shipped
 //! model and on the paper's architecture, directly and through the engine; encode/decode round
-//! trip on the device; seeded sampling is reproducible there.
+//! trip on the device; seeded sampling is reproducible there; a model trained there scores the
+//! same on the CPU.
 mod common;
 
 use common::*;
@@ -75,4 +76,22 @@ fn cuda_round_trips_and_seeded_samples_repeat() {
     assert!(max_abs_diff(&x.to_device(Device::Cpu), &back.to_device(Device::Cpu)) < 1e-4);
     let (a, b) = (gpu.nice.sample(16, 7, 1.0).unwrap(), gpu.nice.sample(16, 7, 1.0).unwrap());
     assert!(a.equal(&b), "the same seed drew different samples on the device");
+}
+
+#[test]
+#[cfg_attr(not(cuda_gpu), ignore = "needs a CUDA libtorch (scripts/setup-libtorch.sh --cuda) and an NVIDIA GPU")]
+fn a_model_trained_on_cuda_scores_the_same_on_the_cpu() {
+    use flowscore::train::{self, TrainConfig};
+    let x = random_rows(3000, 8, -2.0, 2.0, 4);
+    let rows: Vec<f32> = Vec::try_from(x.flatten(0, -1).to_kind(Kind::Float)).unwrap();
+    let all = flowscore::data::Dataset::from_rows(rows, 3000, 8, "random".to_string()).unwrap();
+    let (tr, val) = all.split(0.2, 0);
+    let cfg = TrainConfig { epochs: 2, device: GPU, ..TrainConfig::default() };
+    let mut trained = train::train(&cfg, &tr, &val, None, &mut train::Quiet).unwrap();
+    assert_eq!(trained.card.training.as_ref().unwrap().device.as_deref(), Some("cuda:0"));
+    let tmp = tempfile::tempdir().unwrap();
+    flowscore::store::save(&mut trained, &tmp.path().join("m"), false).unwrap();
+    let cpu = flowscore::store::load(&tmp.path().join("m"), Device::Cpu).unwrap();
+    let probe = random_rows(64, 8, -2.0, 2.0, 5);
+    assert_close(&log_prob(&cpu, &probe), &log_prob(&trained, &probe), "trained on cuda");
 }

@@ -50,6 +50,11 @@ impl Nice {
         &self.spec
     }
 
+    /// Where the weights live.
+    pub fn device(&self) -> tch::Device {
+        self.scale.device()
+    }
+
     pub fn dim(&self) -> usize {
         self.spec.architecture.dim
     }

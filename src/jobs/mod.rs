@@ -141,6 +141,8 @@ pub struct JobsConfig {
     pub data_dir: PathBuf,
     /// libtorch threads for training (the rest stay with scoring).
     pub threads: usize,
+    /// Where jobs train (the server's `--device`).
+    pub device: tch::Device,
 }
 
 struct Entry {
@@ -450,11 +452,12 @@ impl Jobs {
             dir: checkpoint.clone(),
             max_epochs: spec.config.epochs,
         };
+        let config = train::TrainConfig { device: self.inner.config.device, ..spec.config.clone() };
         let mut model = if resume {
             // The status's history up to the checkpoint, then the resumed epochs append to it.
-            train::resume(&spec.config, &train_set, &val_set, None, &checkpoint, &mut observer)?
+            train::resume(&config, &train_set, &val_set, None, &checkpoint, &mut observer)?
         } else {
-            train::train(&spec.config, &train_set, &val_set, None, &mut observer)?
+            train::train(&config, &train_set, &val_set, None, &mut observer)?
         };
         let registry = &self.inner.registry;
         let version = registry.next_version(&spec.name);

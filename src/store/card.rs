@@ -58,6 +58,9 @@ pub struct TrainingSummary {
     pub test_log_likelihood: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_bits_per_dim: Option<f64>,
+    /// Where it trained: `cpu` or `cuda:N` (it loads on either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// The hyperparameters used.
     pub recipe: serde_json::Value,
     pub history: Vec<EpochRecord>,

@@ -101,6 +101,15 @@ pub struct TrainConfig {
     pub threshold_quantile: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Where to train: cpu, cuda, cuda:N or auto (CUDA when libtorch sees a GPU). HTTP jobs
+    /// train on the server's `--device`.
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse)]
+    #[serde(skip, default = "cpu")]
+    pub device: tch::Device,
+}
+
+fn cpu() -> tch::Device {
+    tch::Device::Cpu
 }
 
 impl TrainConfig {

@@ -101,6 +101,8 @@ impl TrainState {
         let progress = serde_json::to_vec_pretty(&self.progress).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
         let mut tensors = self.adam.state();
         tensors.extend(self.best_weights.iter().map(|(k, v)| (format!("best.{k}"), v.shallow_clone())));
+        // Written from the CPU, so a checkpoint resumes on either device.
+        let tensors: Vec<(String, Tensor)> = tensors.into_iter().map(|(k, v)| (k, v.to_device(Device::Cpu))).collect();
         store::save_with(&mut self.model, dir, true, |tmp| {
             let io = |path: std::path::PathBuf| move |source| StoreError::Io { path, source };
             let path = tmp.join(TRAINER_TENSORS);
@@ -115,7 +117,7 @@ impl TrainState {
     /// Reads a state written by `save`, checking it against `cfg`.
     fn load(dir: &Path, cfg: &TrainConfig) -> Result<TrainState, TrainError> {
         let bad = |m: String| TrainError::Checkpoint(format!("{}: {m}", dir.display()));
-        let model = store::load(dir, Device::Cpu)?;
+        let model = store::load(dir, cfg.device)?;
         let text = std::fs::read(dir.join(TRAINER_JSON)).map_err(|e| bad(format!("{TRAINER_JSON}: {e}")))?;
         let progress: Progress = serde_json::from_slice(&text).map_err(|e| bad(format!("{TRAINER_JSON}: {e}")))?;
         let saved: BTreeMap<String, Tensor> = Tensor::read_safetensors(dir.join(TRAINER_TENSORS))
@@ -148,10 +150,10 @@ pub fn train(
     check_data(cfg, train, val, test)?;
     tch::manual_seed(cfg.seed as i64);
     let card = new_card(cfg, train)?;
-    let mut model = Model::new(card, Device::Cpu)?;
+    let mut model = Model::new(card, cfg.device)?;
     if cfg.data_init {
         let n = train.n.min(4096) as i64;
-        model.nice.init_scale_from_data(&rows_tensor(train)?.narrow(0, 0, n))?;
+        model.nice.init_scale_from_data(&rows_tensor(train, cfg.device)?.narrow(0, 0, n))?;
     }
     let adam = Adam::new(&model.vs, cfg.beta1, cfg.beta2, cfg.eps);
     let state = TrainState { model, adam, best_weights: BTreeMap::new(), progress: Progress::default() };
@@ -218,7 +220,7 @@ fn run(
     let started = Instant::now();
     // Seconds of the epochs before a resume, so that records and the summary count the whole run.
     let before = state.progress.history.last().map_or(0.0, |r| r.seconds);
-    let x_train = rows_tensor(train)?;
+    let x_train = rows_tensor(train, cfg.device)?;
     let dim = train.dim;
     let batches = train.n.div_ceil(cfg.batch_size);
     let out_of_time = |t: &Instant| cfg.max_seconds.is_some_and(|m| before + t.elapsed().as_secs_f64() >= m);
@@ -243,12 +245,12 @@ fn run(
             }
             let lo = b * cfg.batch_size;
             let hi = (lo + cfg.batch_size).min(train.n);
-            let idx = Tensor::from_slice(&order[lo..hi]);
+            let idx = Tensor::from_slice(&order[lo..hi]).to_device(cfg.device);
             let mut xb = x_train.index_select(0, &idx);
             if train.eight_bit {
                 // (pixel + U(0,1)) / 256, with rows stored as (pixel + 0.5) / 256.
                 let noise: Vec<f32> = (0..(hi - lo) * dim).map(|_| (rng.gen::<f32>() - 0.5) / 256.0).collect();
-                xb += Tensor::f_from_slice(&noise)?.f_view([(hi - lo) as i64, dim as i64])?;
+                xb += Tensor::f_from_slice(&noise)?.f_view([(hi - lo) as i64, dim as i64])?.to_device(cfg.device);
             }
             let lr = cfg.lr_at(epoch, b, batches).unwrap_or(cfg.lr);
             let ll = state.model.nice.log_prob(&xb)?.mean(Kind::Double);
@@ -317,6 +319,7 @@ fn run(
         test_rows: test.map(|t| t.n),
         test_log_likelihood: test_ll,
         test_bits_per_dim: test_ll.map(|ll| bits_per_dim(ll, dim, train.eight_bit)),
+        device: Some(crate::device::name(cfg.device)),
         recipe: serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null),
         history: progress.history,
     });
@@ -330,8 +333,9 @@ pub fn log_probs(nice: &Nice, data: &Dataset) -> Result<Vec<f64>, TrainError> {
     for lo in (0..data.n).step_by(EVAL_CHUNK) {
         let hi = (lo + EVAL_CHUNK).min(data.n);
         let x = Tensor::f_from_slice(&data.rows[lo * data.dim..hi * data.dim])?
-            .f_view([(hi - lo) as i64, data.dim as i64])?;
-        let lp = nice.log_prob(&x)?;
+            .f_view([(hi - lo) as i64, data.dim as i64])?
+            .to_device(nice.device());
+        let lp = nice.log_prob(&x)?.to_device(Device::Cpu);
         out.extend(Vec::<f64>::try_from(&lp)?);
     }
     Ok(out)
@@ -341,8 +345,9 @@ pub fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-fn rows_tensor(d: &Dataset) -> Result<Tensor, TrainError> {
-    Ok(Tensor::f_from_slice(&d.rows)?.f_view([d.n as i64, d.dim as i64])?)
+/// The rows on `device`: on a GPU the whole training set moves there once.
+fn rows_tensor(d: &Dataset, device: Device) -> Result<Tensor, TrainError> {
+    Ok(Tensor::f_from_slice(&d.rows)?.f_view([d.n as i64, d.dim as i64])?.to_device(device))
 }
 
 fn check_data(cfg: &TrainConfig, train: &Dataset, val: &Dataset, test: Option<&Dataset>) -> Result<(), TrainError> {
