@@ -44,6 +44,11 @@ fn main() {
     println!("cargo:rustc-link-arg=-l:libgomp.so.1");
 
     kernel_cfgs(&lib.join("libtorch_cpu.so"));
+    // A CUDA libtorch registers its GPU backend when libtorch_cuda.so is loaded, but nothing here
+    // calls into it, so an as-needed link would drop it and CUDA would never be seen.
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    }
     // The GPU tests run where libtorch has CUDA and an NVIDIA device is present.
     println!("cargo::rustc-check-cfg=cfg(cuda_gpu)");
     if lib.join("libtorch_cuda.so").exists() && Path::new("/dev/nvidiactl").exists() {
