@@ -115,8 +115,7 @@ impl Models {
                 tracing::error!(error = %e, "migrating live.json failed");
             }
         }
-        let every_name = config.selection.is_empty();
-        let models = Models::empty(engine, registry, metrics, config.memory_budget, config.follower, every_name);
+        let models = Models::empty(engine, registry, metrics, &config);
         let selection = if config.selection.is_empty() { models.0.registry.names() } else { config.selection.clone() };
         let mut first = None;
         for wanted in &selection {
@@ -153,28 +152,21 @@ impl Models {
                 .map_err(|e| EngineError::Inference(e.to_string()))??
         };
         let root = dirs.first().and_then(|d| d.parent()).unwrap_or(Path::new("."));
-        let models = Models::empty(engine, Registry::new(root), metrics, None, false, false);
+        let models = Models::empty(engine, Registry::new(root), metrics, &ModelsConfig::default());
         for dir in dirs {
             models.load_folder(dir).await?;
         }
         Ok(models)
     }
 
-    fn empty(
-        engine: Engine,
-        registry: Registry,
-        metrics: Metrics,
-        memory_budget: Option<u64>,
-        follower: bool,
-        every_name: bool,
-    ) -> Models {
+    fn empty(engine: Engine, registry: Registry, metrics: Metrics, config: &ModelsConfig) -> Models {
         Models(Arc::new(Inner {
             engine,
             registry,
             metrics,
-            memory_budget,
-            follower,
-            every_name,
+            memory_budget: config.memory_budget,
+            follower: config.follower,
+            every_name: config.selection.is_empty(),
             table: RwLock::new(Table::default()),
             changes: tokio::sync::Mutex::new(()),
         }))
@@ -429,14 +421,14 @@ impl Models {
                 let served = entry.and_then(|e| e.live.as_ref()).map(|h| h.info().card.version.clone());
                 (served, entry.is_some_and(|e| e.failed.contains_key(&version)))
             };
-            let behind = served.as_deref() != Some(version.as_str());
+            let mut behind = served.as_deref() != Some(version.as_str());
             if behind && !failed {
-                self.follow(&ModelId { name: name.clone(), version }).await;
+                self.follow(&ModelId { name: name.clone(), version: version.clone() }).await;
+                let table = self.read();
+                let live = table.names.get(&name).and_then(|e| e.live.as_ref());
+                behind = live.is_none_or(|h| h.info().card.version != version);
             }
-            let served =
-                self.read().names.get(&name).and_then(|e| e.live.as_ref()).map(|h| h.info().card.version.clone());
-            let pointer = self.0.registry.live_version(&name);
-            self.0.metrics.store_behind.with_label_values(&[&name]).set(i64::from(served != pointer));
+            self.0.metrics.store_behind.with_label_values(&[&name]).set(i64::from(behind));
         }
         if let Some(name) = default.filter(|n| self.resolve(n, None).is_ok()) {
             self.write().default = Some(name);

@@ -2,7 +2,7 @@
 //! follows them by itself, and a version that cannot load leaves the old one serving.
 mod common;
 
-use common::process::{free_port, Child, Remote};
+use common::process::{free_port, score_until, Child, Remote};
 use common::workspace;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -22,25 +22,8 @@ fn scoring_load(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(BT
             let client = reqwest::Client::new();
             let clients: Vec<_> = (0..4)
                 .map(|c| {
-                    let (client, stop) = (client.clone(), stop.clone());
-                    tokio::spawn(async move {
-                        let (mut seen, mut failed) = (BTreeMap::<String, usize>::new(), 0);
-                        while !stop.load(Ordering::SeqCst) {
-                            let r = client
-                                .post(format!("http://127.0.0.1:{port}/models/tab/log_prob"))
-                                .json(&json!({"inputs": [[c as f64, 1.0, 2.0]]}))
-                                .send()
-                                .await;
-                            match r {
-                                Ok(r) if r.status() == 200 => {
-                                    let v: Value = r.json().await.unwrap();
-                                    *seen.entry(v["model"]["version"].as_str().unwrap().into()).or_default() += 1;
-                                }
-                                _ => failed += 1,
-                            }
-                        }
-                        (seen, failed)
-                    })
+                    let url = format!("http://127.0.0.1:{port}/models/tab/log_prob");
+                    tokio::spawn(score_until(client.clone(), url, c, stop.clone()))
                 })
                 .collect();
             let (mut seen, mut failed) = (BTreeMap::new(), 0);

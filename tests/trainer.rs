@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::process::{free_port, Child, Remote, TOKEN};
+use common::process::{free_port, score_until, Child, Remote, TOKEN};
 use common::workspace;
 
 struct Server {
@@ -217,28 +217,7 @@ async fn swaps_under_load_fail_no_request() {
     let s = start(&models, &data, Some(TOKEN)).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..8)
-        .map(|c| {
-            let (client, base, stop) = (s.client.clone(), s.base.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut seen = std::collections::BTreeMap::<String, usize>::new();
-                let mut failures = 0;
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let r = client
-                        .post(format!("{base}/log_prob"))
-                        .json(&json!({"inputs": [[c as f64, 1.0, 2.0]]}))
-                        .send()
-                        .await;
-                    match r {
-                        Ok(r) if r.status() == 200 => {
-                            let v: Value = r.json().await.unwrap();
-                            *seen.entry(v["model"]["version"].as_str().unwrap().to_string()).or_default() += 1;
-                        }
-                        _ => failures += 1,
-                    }
-                }
-                (seen, failures)
-            })
-        })
+        .map(|c| tokio::spawn(score_until(s.client.clone(), format!("{}/log_prob", s.base), c, stop.clone())))
         .collect();
     for i in 0..6 {
         let version = if i % 2 == 0 { 2 } else { 1 };

@@ -1,6 +1,9 @@
 //! `flowscore serve` child processes and blocking HTTP helpers to drive them.
-use serde_json::Value;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The admin token every child process is started with.
@@ -100,4 +103,25 @@ impl Remote {
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One client posting the 3-column row `[c, 1, 2]` to `url` until `stop`: the versions that
+/// answered (with counts) and the requests that failed.
+pub async fn score_until(
+    client: reqwest::Client,
+    url: String,
+    c: usize,
+    stop: Arc<AtomicBool>,
+) -> (BTreeMap<String, usize>, usize) {
+    let (mut seen, mut failed) = (BTreeMap::<String, usize>::new(), 0);
+    while !stop.load(Ordering::SeqCst) {
+        match client.post(&url).json(&json!({"inputs": [[c as f64, 1.0, 2.0]]})).send().await {
+            Ok(r) if r.status() == 200 => {
+                let v: Value = r.json().await.unwrap();
+                *seen.entry(v["model"]["version"].as_str().unwrap().to_string()).or_default() += 1;
+            }
+            _ => failed += 1,
+        }
+    }
+    (seen, failed)
 }
