@@ -1,6 +1,6 @@
 //! Bakes libtorch's lib folder into the binary's rpath, so `flowscore` runs without
-//! LD_LIBRARY_PATH, and compiles the C++ of the CPU kernels (src/kernels/cpp: the shim over
-//! libtorch's oneDNN linear operators and our own AVX-512 kernel). The folder comes from LIBTORCH
+//! LD_LIBRARY_PATH, and compiles the C++ in src/kernels/cpp: the shim over libtorch's oneDNN
+//! linear operators, our own AVX-512 kernel, and the float32 precision pin. The folder comes from LIBTORCH
 //! (set by .cargo/config.toml).
 //!
 //! It also tells the tests which kernels this machine can run, as cfgs (`cpu_avx512`,
@@ -9,7 +9,8 @@
 //! running; the tests check these against what the running process detects.
 use std::path::{Path, PathBuf};
 
-const CPP: [&str; 2] = ["src/kernels/cpp/onednn_linear.cpp", "src/kernels/cpp/tiled_linear.cpp"];
+const CPP: [&str; 3] =
+    ["src/kernels/cpp/onednn_linear.cpp", "src/kernels/cpp/tiled_linear.cpp", "src/kernels/cpp/precision.cpp"];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");

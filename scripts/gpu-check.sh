@@ -30,7 +30,7 @@ with open(sys.argv[1], "wb") as f:
     f.write(struct.pack("<f", 0.5) * (n * d))
 PY
 target/release/flowscore init --out "$out/paper" --dim 784 --shape 28,28 --preprocess logit --force >/dev/null
-target/release/flowscore serve --model "$out/paper" --device cuda --bind 127.0.0.1:8093 --max-batch-rows 32768 &
+target/release/flowscore serve --model "$out/paper" --device cuda --bind 127.0.0.1:8093 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 120); do curl -sf 127.0.0.1:8093/ready >/dev/null && break; sleep 1; done

@@ -87,13 +87,13 @@ pub struct ServeArgs {
     /// Merge concurrent requests into one forward pass.
     #[arg(long, env = "FLOWSCORE_BATCHING", default_value_t = true, action = clap::ArgAction::Set)]
     pub batching: bool,
-    /// Row budget of one merged forward pass.
-    #[arg(long, env = "FLOWSCORE_MAX_BATCH_ROWS", default_value_t = 1024)]
-    pub max_batch_rows: usize,
+    /// Row budget of one merged forward pass. Default: 1024 on the CPU, 16384 on a GPU.
+    #[arg(long, env = "FLOWSCORE_MAX_BATCH_ROWS")]
+    pub max_batch_rows: Option<usize>,
     /// Longest a batch waits for the requests it expects (as many as the last batch merged),
-    /// microseconds. A lone client never waits.
-    #[arg(long, env = "FLOWSCORE_MAX_WAIT_US", default_value_t = 2000)]
-    pub max_wait_us: u64,
+    /// microseconds. A lone client never waits. Default: 2000 on the CPU, 1000 on a GPU.
+    #[arg(long, env = "FLOWSCORE_MAX_WAIT_US")]
+    pub max_wait_us: Option<u64>,
     /// Scoring requests admitted at once (being read, queued or computed); more are refused with
     /// 503 + Retry-After before their bodies are read.
     #[arg(long, env = "FLOWSCORE_QUEUE_DEPTH", default_value_t = 1024)]
@@ -149,11 +149,12 @@ impl ServeArgs {
     }
 
     pub fn engine_config(&self) -> EngineConfig {
+        let batching = crate::engine::BatchDefaults::for_device(self.device);
         EngineConfig {
             workers: self.workers.max(1),
             batching: self.batching,
-            max_batch_rows: self.max_batch_rows.max(1),
-            max_wait: Duration::from_micros(self.max_wait_us),
+            max_batch_rows: self.max_batch_rows.unwrap_or(batching.max_batch_rows).max(1),
+            max_wait: self.max_wait_us.map_or(batching.max_wait, Duration::from_micros),
             queue_depth: self.queue_depth.max(1),
             request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
             cpu_kernels: self.cpu_kernels,
@@ -191,7 +192,13 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState> {
     let mut shown = args.clone();
     shown.admin_token = shown.admin_token.map(|_| "<redacted>".into());
     tracing::info!(args = ?shown, "starting");
-    tracing::info!(device = %crate::device::name(args.device), "inference device");
+    let engine_config = args.engine_config();
+    tracing::info!(
+        device = %crate::device::name(args.device),
+        max_batch_rows = engine_config.max_batch_rows,
+        max_wait_us = engine_config.max_wait.as_micros() as u64,
+        "inference device"
+    );
     let cpu = Cpu::detect();
     kernels::check(cpu, args.cpu_kernels)?;
     let chosen: Vec<&str> = kernels::kernels_used(cpu, args.cpu_kernels).iter().map(|k| k.name()).collect();
@@ -216,7 +223,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState> {
     };
     let metrics = Metrics::new();
     let engine = {
-        let (config, metrics) = (args.engine_config(), metrics.clone());
+        let (config, metrics) = (engine_config, metrics.clone());
         tokio::task::spawn_blocking(move || Engine::start(config, metrics)).await??
     };
     let config = ModelsConfig {
@@ -375,6 +382,7 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::ServeArgs;
+    use std::time::Duration;
 
     #[test]
     fn http_threads_default_leaves_libtorch_its_cores_and_a_flag_overrides() {
@@ -385,5 +393,16 @@ mod tests {
         assert_eq!(ServeArgs::from_flags(&["--http-threads", "3"]).expect("flag parses").http_threads(), 3);
         assert_eq!(ServeArgs::from_flags(&["--http-threads", "0"]).expect("flag parses").http_threads(), 1);
         assert!(ServeArgs::from_flags(&["--http-threads", "two"]).is_err());
+    }
+
+    #[test]
+    fn batching_defaults_follow_the_device_and_flags_win() {
+        let config = |flags: &[&str]| ServeArgs::from_flags(flags).expect("flags parse").engine_config();
+        let c = config(&["--device", "cpu"]);
+        assert_eq!((c.max_batch_rows, c.max_wait), (1024, Duration::from_micros(2000)));
+        let gpu = crate::engine::BatchDefaults::for_device(tch::Device::Cuda(0));
+        assert_eq!((gpu.max_batch_rows, gpu.max_wait), (16384, Duration::from_micros(1000)));
+        let c = config(&["--device", "cpu", "--max-batch-rows", "64", "--max-wait-us", "0"]);
+        assert_eq!((c.max_batch_rows, c.max_wait), (64, Duration::ZERO));
     }
 }

@@ -28,6 +28,9 @@ fn assert_close(cpu: &[f64], gpu: &[f64], what: &str) {
 #[test]
 #[cfg_attr(not(cuda_gpu), ignore = "needs a CUDA libtorch (scripts/setup-libtorch.sh --cuda) and an NVIDIA GPU")]
 fn cuda_log_prob_equals_cpu() {
+    // As `flowscore serve` and `train` do at start: float32 stays float32 (no TF32).
+    flowscore::device::pin_float32();
+    assert!(!flowscore::device::tf32_allowed());
     let x = random_rows(256, 784, 0.0, 1.0, 1);
     let cpu = flowscore::store::load(SHIPPED.as_ref(), Device::Cpu).unwrap();
     let gpu = flowscore::store::load(SHIPPED.as_ref(), GPU).unwrap();

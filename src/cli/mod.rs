@@ -201,6 +201,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         tch::set_num_threads(n as i32);
     }
+    crate::device::pin_float32();
     match cli.command {
         Command::Train(a) => train_cmd(a),
         Command::Eval(a) => eval_cmd(a),

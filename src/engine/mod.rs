@@ -41,12 +41,34 @@ impl Default for EngineConfig {
         EngineConfig {
             workers: 1,
             batching: true,
-            max_batch_rows: 1024,
-            max_wait: Duration::from_micros(2000),
+            max_batch_rows: BatchDefaults::CPU.max_batch_rows,
+            max_wait: BatchDefaults::CPU.max_wait,
             queue_depth: 1024,
             request_timeout: Duration::from_secs(30),
             cpu_kernels: CpuKernels::Auto,
             device: tch::Device::Cpu,
+        }
+    }
+}
+
+/// How much a merged forward pass may hold and how long it waits for it, by device. A GPU's pass
+/// costs about the same from a few hundred rows to thousands (launches and transfers dominate
+/// small ones), so it takes bigger batches; its passes are short, so it waits less for them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchDefaults {
+    pub max_batch_rows: usize,
+    pub max_wait: Duration,
+}
+
+impl BatchDefaults {
+    pub const CPU: BatchDefaults = BatchDefaults { max_batch_rows: 1024, max_wait: Duration::from_micros(2000) };
+    pub const GPU: BatchDefaults = BatchDefaults { max_batch_rows: 16384, max_wait: Duration::from_micros(1000) };
+
+    pub fn for_device(device: tch::Device) -> BatchDefaults {
+        if device.is_cuda() {
+            BatchDefaults::GPU
+        } else {
+            BatchDefaults::CPU
         }
     }
 }
@@ -62,6 +84,9 @@ pub struct ModelInfo {
     pub memory_bytes: u64,
     /// Where it runs: `cpu` or `cuda:N`.
     pub device: String,
+    /// The scaling layer's learned log-scales s_d, in input order (the spectrum `GET .../spectrum`
+    /// serves), read once at load.
+    pub log_scales: Vec<f64>,
 }
 
 impl ModelInfo {
@@ -235,11 +260,11 @@ struct Shared {
 /// team that lives as long as that thread; once a process holds more OpenMP threads than cores,
 /// libgomp stops spinning at barriers in every team, and each GEMM of the inference threads then
 /// sleeps and wakes (docs/architecture.md, "OpenMP").
-fn validate(dir: &Path) -> Result<ModelCard, EngineError> {
+fn validate(dir: &Path) -> Result<(ModelCard, Vec<f64>), EngineError> {
     std::thread::scope(|s| {
         std::thread::Builder::new()
             .name("flowscore-validate".into())
-            .spawn_scoped(s, || store::load(dir, tch::Device::Cpu).map(|m| m.card))
+            .spawn_scoped(s, || store::load(dir, tch::Device::Cpu).map(|m| (m.card, m.nice.log_scales())))
             .map_err(|e| EngineError::Inference(format!("cannot start a thread to load the model: {e}")))?
             .join()
             .map_err(|_| EngineError::Inference("loading the model panicked".into()))?
@@ -316,7 +341,7 @@ impl Engine {
     /// given, names the model (a registry folder's `<name>/<version>` wins over its card's).
     pub async fn load(&self, dir: &Path, id: Option<&ModelId>) -> Result<ModelHandle, EngineError> {
         let dir = dir.to_path_buf();
-        let mut card = tokio::task::spawn_blocking({
+        let (mut card, log_scales) = tokio::task::spawn_blocking({
             let dir = dir.clone();
             move || validate(&dir)
         })
@@ -329,7 +354,7 @@ impl Engine {
         let generation = self.shared.next_generation.fetch_add(1, Ordering::SeqCst) + 1;
         let memory_bytes = memory_estimate(&card, self.config.workers);
         let device = crate::device::name(self.config().device);
-        let info = Arc::new(ModelInfo { card, dir, generation, memory_bytes, device });
+        let info = Arc::new(ModelInfo { card, dir, generation, memory_bytes, device, log_scales });
         let (queue, jobs) = crossbeam_channel::bounded(self.config.queue_depth.max(1));
         let unit = Arc::new(Unit { info, queue, jobs, front: Mutex::new(None), scheduled: AtomicBool::new(false) });
         let controls = self.controls.clone();

@@ -489,8 +489,14 @@ mod tests {
             crate::flow::Preprocess::Identity,
             input,
         );
-        let info =
-            Arc::new(ModelInfo { card, dir: "unused".into(), generation: 0, memory_bytes: 0, device: "cpu".into() });
+        let info = Arc::new(ModelInfo {
+            card,
+            dir: "unused".into(),
+            generation: 0,
+            memory_bytes: 0,
+            device: "cpu".into(),
+            log_scales: Vec::new(),
+        });
         let (queue, jobs) = crossbeam_channel::unbounded();
         let unit = Arc::new(Unit {
             info,
