@@ -37,6 +37,62 @@ pub struct DriftReport {
     pub ks_statistic: f64,
     /// Its p-value: small when the recent rows do not look like the calibration rows.
     pub p_value: f64,
+    /// The calibration threshold (log_prob, nats): rows below it are anomalies by default.
+    pub threshold: f64,
+    /// Share of the window's rows below the threshold (None while the window is empty).
+    pub window_anomaly_share: Option<f64>,
+    pub histogram: ScoreHistogram,
+}
+
+/// Both samples binned on the same edges, as shares of their rows, for plotting one over the other.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct ScoreHistogram {
+    /// `HISTOGRAM_BINS + 1` ascending log_prob edges (nats), spanning the calibration rows and a
+    /// tenth of their range either side.
+    pub edges: Vec<f64>,
+    pub calibration: Vec<f64>,
+    pub window: Vec<f64>,
+    /// Shares of the window's rows below the first edge and above the last (far outliers).
+    pub window_below_range: f64,
+    pub window_above_range: f64,
+}
+
+/// Bins of the drift histogram.
+pub const HISTOGRAM_BINS: usize = 40;
+
+impl ScoreHistogram {
+    /// `calibration` sorted ascending and not empty.
+    fn new(calibration: &[f64], window: &[f64]) -> ScoreHistogram {
+        let (lo, hi) = (calibration[0], calibration[calibration.len() - 1]);
+        let pad = if hi > lo { (hi - lo) / 10.0 } else { 1.0 };
+        let (lo, hi) = (lo - pad, hi + pad);
+        let width = (hi - lo) / HISTOGRAM_BINS as f64;
+        let edges = (0..=HISTOGRAM_BINS).map(|i| lo + width * i as f64).collect();
+        let shares = |values: &[f64]| {
+            let mut bins = vec![0.0; HISTOGRAM_BINS];
+            let (mut below, mut above) = (0.0, 0.0);
+            let one = 1.0 / values.len().max(1) as f64;
+            for v in values {
+                let i = ((v - lo) / width).floor();
+                if i < 0.0 {
+                    below += one;
+                } else if i >= HISTOGRAM_BINS as f64 {
+                    // The top edge itself belongs to the last bin.
+                    if *v <= hi {
+                        bins[HISTOGRAM_BINS - 1] += one
+                    } else {
+                        above += one
+                    }
+                } else {
+                    bins[i as usize] += one;
+                }
+            }
+            (bins, below, above)
+        };
+        let (calibration, _, _) = shares(calibration);
+        let (window, window_below_range, window_above_range) = shares(window);
+        ScoreHistogram { edges, calibration, window, window_below_range, window_above_range }
+    }
 }
 
 impl Drift {
@@ -79,12 +135,19 @@ impl Drift {
         };
         recent.sort_by(f64::total_cmp);
         let (ks_statistic, p_value) = ks_two_sample(&recent, &calibration.log_probs);
+        let below = recent.partition_point(|v| *v < calibration.threshold);
+        let window_anomaly_share = (!recent.is_empty()).then(|| below as f64 / recent.len() as f64);
+        let histogram =
+            (!calibration.log_probs.is_empty()).then(|| ScoreHistogram::new(&calibration.log_probs, &recent))?;
         Some(DriftReport {
             window_rows: recent.len(),
             window_size: self.0.capacity,
             calibration_rows: calibration.log_probs.len(),
             ks_statistic,
             p_value,
+            threshold: calibration.threshold,
+            window_anomaly_share,
+            histogram,
         })
     }
 
@@ -93,5 +156,24 @@ impl Drift {
         if let Ok(mut w) = self.0.windows.lock() {
             w.remove(name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_histogram_bins_both_samples_on_the_calibration_range() {
+        let calibration: Vec<f64> = (0..10).map(f64::from).collect();
+        let h = ScoreHistogram::new(&calibration, &[-100.0, 5.0, 9.0, 100.0]);
+        assert_eq!(h.edges.len(), HISTOGRAM_BINS + 1);
+        assert!((h.edges[0] + 0.9).abs() < 1e-12 && (h.edges[HISTOGRAM_BINS] - 9.9).abs() < 1e-12);
+        assert!(h.calibration.iter().all(|s| *s == 0.0 || (*s - 0.1).abs() < 1e-12));
+        assert!((h.calibration.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert_eq!((h.window_below_range, h.window_above_range), (0.25, 0.25));
+        // 5 falls in bin floor(5.9 / 0.27) = 21, 9 in bin floor(9.9 / 0.27) = 36.
+        let hits: Vec<usize> = (0..HISTOGRAM_BINS).filter(|i| h.window[*i] > 0.0).collect();
+        assert_eq!(hits, [21, 36]);
     }
 }

@@ -47,6 +47,8 @@ pub struct MetricSet {
     pub model_info: IntGaugeVec,
     pub scored_bits_per_dim: Histogram,
     pub anomalies: IntCounterVec,
+    /// Rows judged anomalous or not (the denominator of the anomaly rate), by model.
+    pub judged_rows: IntCounterVec,
     pub jobs: IntCounterVec,
     pub train_epoch: IntGauge,
     pub train_progress: Gauge,
@@ -111,6 +113,15 @@ impl MetricSet {
         .expect("valid histogram");
         let anomalies = IntCounterVec::new(
             Opts::new("flowscore_anomalies_total", "Rows flagged anomalous by /score, by model."),
+            &["model"],
+        )
+        .expect("valid counter");
+        let judged_rows = IntCounterVec::new(
+            Opts::new(
+                "flowscore_judged_rows_total",
+                "Rows judged by /score or the protocol's is_anomaly output, by model: \
+                 flowscore_anomalies_total over it is the anomaly rate.",
+            ),
             &["model"],
         )
         .expect("valid counter");
@@ -181,6 +192,7 @@ impl MetricSet {
             Box::new(queue_depth.clone()),
             Box::new(model_seconds.clone()),
             Box::new(anomalies.clone()),
+            Box::new(judged_rows.clone()),
             Box::new(model_load_failures.clone()),
         ] {
             registry.register(c).expect("unique metric");
@@ -246,6 +258,7 @@ impl MetricSet {
                 BPD_BUCKETS,
             ),
             anomalies,
+            judged_rows,
             jobs,
             train_epoch: gauge("flowscore_train_epoch", "Epoch of the running training job (last finished epoch)."),
             train_progress: fgauge(
@@ -290,6 +303,7 @@ impl MetricSet {
         let _ = self.store_behind.remove_label_values(&[name]);
         let _ = self.model_seconds.remove_label_values(&[name]);
         let _ = self.anomalies.remove_label_values(&[name]);
+        let _ = self.judged_rows.remove_label_values(&[name]);
         let _ = self.drift_ks_statistic.remove_label_values(&[name]);
         let _ = self.drift_p_value.remove_label_values(&[name]);
         let _ = self.drift_window_rows.remove_label_values(&[name]);

@@ -239,9 +239,27 @@ async fn the_drift_gauge_rises_on_a_shifted_stream_only() {
     assert!(report["p_value"].as_f64().unwrap() > 0.01, "{report}");
     let metrics = s.text("/metrics").await;
     assert!(metrics.contains("flowscore_drift_window_rows{model=\"drift\"} 1000"), "{metrics}");
+    // The histogram: both samples as shares on the same edges, and the window's anomaly share
+    // against the rows' own log_probs.
+    let h = &report["histogram"];
+    let shares = |k: &str| h[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum::<f64>();
+    assert_eq!(h["edges"].as_array().unwrap().len(), flowscore::drift::HISTOGRAM_BINS + 1);
+    assert!((shares("calibration") - 1.0).abs() < 1e-9, "{h}");
+    let outside = h["window_below_range"].as_f64().unwrap() + h["window_above_range"].as_f64().unwrap();
+    assert!((shares("window") + outside - 1.0).abs() < 1e-9, "{h}");
+    let threshold = report["threshold"].as_f64().unwrap();
+    let below = log_probs(&m, &normal, 4).iter().filter(|lp| **lp < threshold).count();
+    // A row within rounding of the threshold may fall either side.
+    let share = report["window_anomaly_share"].as_f64().unwrap();
+    assert!((share - below as f64 / 1000.0).abs() <= 1.001e-3, "{share} vs {below} of 1000: {report}");
     // The same rows shifted: the window fills with them and the p-value collapses.
     let shifted: Vec<f32> = normal.iter().map(|v| v + 1.5).collect();
-    s.post("/score", json!({"inputs": rows_json(&shifted, 4), "threshold": 0.0})).await;
+    let (_, scored) = s.post("/score", json!({"inputs": rows_json(&shifted, 4), "threshold": 0.0})).await;
+    // The anomaly rate's two counters: flagged rows over judged rows.
+    let flagged = scored["is_anomaly"].as_array().unwrap().iter().filter(|f| f.as_bool().unwrap()).count();
+    let metrics = s.text("/metrics").await;
+    assert!(metrics.contains("flowscore_judged_rows_total{model=\"drift\"} 1000"), "{metrics}");
+    assert!(metrics.contains(&format!("flowscore_anomalies_total{{model=\"drift\"}} {flagged}")), "{metrics}");
     let (_, report) = s.get("/models/drift/drift").await;
     assert!(report["p_value"].as_f64().unwrap() < 1e-6, "{report}");
     assert!(report["ks_statistic"].as_f64().unwrap() > 0.3, "{report}");

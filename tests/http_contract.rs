@@ -467,9 +467,17 @@ async fn model_card_and_service_routes() {
     let cal = card.calibration.unwrap();
     assert_eq!(
         v["calibration"],
-        json!({"rows": 200, "threshold": cal.threshold, "threshold_quantile": 0.01}),
+        json!({"rows": 200, "threshold": cal.threshold, "threshold_quantile": 0.01, "default_kind": "likelihood"}),
         "calibration is summarised, not dumped"
     );
+
+    // The spectrum is the loaded weights' own log-scales, at every route to the model.
+    let scales = fx.model().nice.log_scales();
+    for path in ["/spectrum", "/models/test/spectrum", "/models/test/versions/1/spectrum"] {
+        let v = get_json(&fx.app, path).await;
+        assert_eq!(v["log_scales"], json!(scales), "{path}");
+        assert_eq!(v["shape"], json!([4, 4]), "{path}");
+    }
 
     assert_eq!(get_json(&fx.app, "/health").await["status"], "ok");
     let ready = get_json(&fx.app, "/ready").await;
@@ -492,9 +500,43 @@ async fn model_card_and_service_routes() {
 
     let api = get_json(&fx.app, "/openapi.json").await;
     assert!(api["openapi"].as_str().unwrap().starts_with("3."), "{}", api["openapi"]);
-    for path in ["/log_prob", "/score", "/sample", "/encode", "/decode", "/inpaint"] {
+    for path in ["/log_prob", "/score", "/sample", "/encode", "/decode", "/inpaint", "/spectrum"] {
         assert!(api["paths"].get(path).is_some(), "openapi lacks {path}");
     }
+}
+
+#[tokio::test]
+async fn the_dashboard_is_served_with_a_strict_policy() {
+    let fx = tabular_fixture().await;
+    for path in ["/", "/dashboard"] {
+        let (status, headers, _) = call(&fx.app, "GET", path, None, Bytes::new()).await;
+        assert!(status.is_redirection(), "{path}: {status}");
+        assert_eq!(header_str(&headers, "location"), "/dashboard/");
+    }
+    for (path, kind) in [
+        ("/dashboard/", "text/html"),
+        ("/dashboard/app.js", "text/javascript"),
+        ("/dashboard/charts.js", "text/javascript"),
+        ("/dashboard/app.css", "text/css"),
+    ] {
+        let (status, headers, body) = call(&fx.app, "GET", path, None, Bytes::new()).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(header_str(&headers, "content-type").starts_with(kind), "{path}");
+        let csp = header_str(&headers, "content-security-policy");
+        for directive in ["default-src 'none'", "script-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert!(!csp.contains("unsafe"), "{path}: {csp}");
+        assert_eq!(header_str(&headers, "x-content-type-options"), "nosniff");
+        assert!(!body.is_empty(), "{path}");
+    }
+    // The page itself carries no inline code or styles, which the policy would block anyway.
+    let (_, _, html) = call(&fx.app, "GET", "/dashboard/", None, Bytes::new()).await;
+    let html = String::from_utf8(html.to_vec()).unwrap();
+    assert!(!html.contains("<script>") && !html.contains(" style=") && !html.contains("<style"), "{html}");
+    fx.refused("GET", "/dashboard/secrets.txt", None, Bytes::new(), StatusCode::NOT_FOUND, "no dashboard file").await;
+    fx.refused("GET", "/dashboard/..%2FCargo.toml", None, Bytes::new(), StatusCode::NOT_FOUND, "no dashboard file")
+        .await;
 }
 
 // ---- bad input ------------------------------------------------------------------------------

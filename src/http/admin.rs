@@ -265,8 +265,9 @@ pub async fn list_models(State(state): State<AppState>) -> Json<serde_json::Valu
 
 /// A card without its calibration rows and training history.
 fn card_summary(mut card: crate::store::ModelCard) -> serde_json::Value {
-    let summary =
-        card.calibration.take().map(|c| serde_json::json!({"rows": c.log_probs.len(), "threshold": c.threshold}));
+    let summary = card.calibration.take().map(
+        |c| serde_json::json!({"rows": c.log_probs.len(), "threshold": c.threshold, "default_kind": c.default_kind}),
+    );
     let mut card = serde_json::to_value(card).unwrap_or_default();
     card["calibration"] = summary.unwrap_or_default();
     if let Some(t) = card.get_mut("training").and_then(|t| t.as_object_mut()) {

@@ -320,6 +320,7 @@ pub async fn score(
     state.drift.record(&model, &lp);
     let flagged = j.is_anomaly.iter().filter(|a| **a).count() as u64;
     state.metrics.anomalies.with_label_values(&[&model.card.name]).inc_by(flagged);
+    state.metrics.judged_rows.with_label_values(&[&model.card.name]).inc_by(j.is_anomaly.len() as u64);
     let response = ScoreResponse {
         log_prob: lp,
         percentile,
@@ -665,9 +666,33 @@ fn card_response(info: &ModelInfo) -> Response {
     if let Some(c) = &info.card.calibration {
         card["calibration"] = serde_json::json!({
             "rows": c.log_probs.len(), "threshold_quantile": c.threshold_quantile, "threshold": c.threshold,
+            "default_kind": c.default_kind,
         });
     }
     with_model(Json(card).into_response(), info)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SpectrumResponse {
+    /// The scaling layer's log-scales s_d, one per input feature or pixel, in input order. A
+    /// large s_d is a direction the model stretches, one that matters little to the density.
+    pub log_scales: Vec<f64>,
+    /// The layout of one row, e.g. [28, 28], to draw the values as a map.
+    pub shape: Vec<usize>,
+    pub model: ModelRef,
+}
+
+#[utoipa::path(get, path = "/spectrum", tag = "models",
+    responses((status = 200, description = "the default model's learned scaling spectrum", body = SpectrumResponse),
+        (status = 404, body = ErrorBody)))]
+pub async fn spectrum(Target(target): Target) -> Response {
+    let info = target.info();
+    let body = SpectrumResponse {
+        log_scales: info.log_scales.clone(),
+        shape: info.card.input.shape.clone(),
+        model: model_ref(info),
+    };
+    with_model(Json(body).into_response(), info)
 }
 
 #[utoipa::path(get, path = "/health", tag = "service", responses((status = 200, description = "the process is up")))]

@@ -3,6 +3,7 @@
 mod admin;
 mod admission;
 mod body;
+mod dashboard;
 mod error;
 mod handlers;
 mod oip;
@@ -152,6 +153,7 @@ impl AppState {
         handlers::model,
         handlers::named_model,
         handlers::drift,
+        handlers::spectrum,
         handlers::health,
         handlers::ready,
         handlers::metrics,
@@ -241,11 +243,18 @@ pub fn router(state: AppState) -> Router {
         .route("/models/{name}/versions/{version}", get(handlers::named_model))
         .route("/models/{name}/openapi.json", get(handlers::openapi))
         .route("/models/{name}/drift", get(handlers::drift))
+        .route("/spectrum", get(handlers::spectrum))
+        .route("/models/{name}/spectrum", get(handlers::spectrum))
+        .route("/models/{name}/versions/{version}/spectrum", get(handlers::spectrum))
         .route("/model", get(handlers::model))
         .route("/health", get(handlers::health))
         .route("/ready", get(handlers::ready))
         .route("/metrics", get(handlers::metrics))
         .route("/openapi.json", get(handlers::openapi))
+        .route("/", get(dashboard::root))
+        .route("/dashboard", get(dashboard::root))
+        .route("/dashboard/", get(dashboard::index))
+        .route("/dashboard/{file}", get(dashboard::asset))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -199,6 +199,7 @@ pub async fn infer(
                 let flags = j.map(|j| j.is_anomaly.clone()).unwrap_or_default();
                 let flagged = flags.iter().filter(|f| **f).count() as u64;
                 state.metrics.anomalies.with_label_values(&[&info.card.name]).inc_by(flagged);
+                state.metrics.judged_rows.with_label_values(&[&info.card.name]).inc_by(flags.len() as u64);
                 (vec![n], OutData::Bool(flags))
             }
             _ => {

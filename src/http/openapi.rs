@@ -93,7 +93,7 @@ fn add_named_routes(paths: &mut Map<String, Value>, info: &ModelInfo) {
     // This document describes this model's rows; other models have their own documents.
     let name_param = json!({"name": "name", "in": "path", "required": true,
         "schema": {"type": "string", "enum": [info.card.name]}, "description": "model name (its live version)"});
-    for route in ["/log_prob", "/score", "/encode", "/decode", "/sample", "/inpaint", "/explain"] {
+    for route in ["/log_prob", "/score", "/encode", "/decode", "/sample", "/inpaint", "/explain", "/spectrum"] {
         let Some(mut item) = paths.get(route).cloned() else { continue };
         if let Some(item) = item.as_object_mut() {
             for (_, op) in item.iter_mut() {
