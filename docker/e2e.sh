@@ -149,6 +149,12 @@ json "len(d['log_prob']) == 8 and all(abs(x) < 1e9 for x in d['log_prob'])" <"$t
 grep -qi '^x-flowscore-model: fashion-mnist/' "$tmp/lp.headers" || fail "no x-flowscore-model header"
 say "log_prob: $(json "', '.join(f'{x:.1f}' for x in d['log_prob'][:4])" <"$tmp/lp.json") ... nats ($(json "d['model']['name']" <"$tmp/lp.json"))"
 
+# The dashboard is in the image: served with its policy (the browser test drives it on the host).
+code=$(curl -sS --max-time 10 -o "$tmp/dash.html" -D "$tmp/dash.headers" -w '%{http_code}' -L "$fs/")
+[ "$code" = 200 ] && grep -q '<title>flowscore' "$tmp/dash.html" || fail "GET / (dashboard): HTTP $code"
+grep -qi "^content-security-policy: default-src 'none'" "$tmp/dash.headers" || fail "the dashboard has no CSP"
+say "dashboard: served at $fs/ with its Content-Security-Policy"
+
 # --- Prometheus -----------------------------------------------------------------------
 deadline=$((SECONDS + 120))
 until curl -fsS --max-time 5 "$prom/api/v1/targets" -o "$tmp/targets.json" 2>/dev/null &&
