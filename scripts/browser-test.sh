@@ -13,6 +13,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "browser-test.sh: missing ${missing[*]}: run scripts/setup-browser.sh first" >&2
   exit 1
 fi
-# The page's files are compiled into the binary: build it so that it serves the current ones.
-cargo build --release --bin flowscore
-exec .venv-browser/bin/python tests/browser/test_dashboard.py --binary target/release/flowscore "$@"
+# The page's files are compiled into the binary: build it so that it serves the current ones,
+# unless FLOWSCORE_BIN names one already built from these sources (test.sh: cargo test's).
+bin=${FLOWSCORE_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release --bin flowscore
+  bin=target/release/flowscore
+fi
+exec .venv-browser/bin/python tests/browser/test_dashboard.py --binary "$bin" "$@"

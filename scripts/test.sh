@@ -22,7 +22,9 @@ scripts/oip-conformance.sh
 # The dashboard in headless Chromium (Debian's), driven by selenium: every panel, a training job
 # followed to its end, the score form against /score, the token kept out of storage and logs.
 scripts/setup-browser.sh
-scripts/browser-test.sh
+# cargo test built target/release/flowscore from these sources (a plain `cargo build` would relink
+# it with other dependency features, 2 minutes for nothing).
+FLOWSCORE_BIN=target/release/flowscore scripts/browser-test.sh
 # The Docker image and compose stack end to end (docker/e2e.sh), where a Docker daemon answers.
 if docker info >/dev/null 2>&1; then docker/e2e.sh; else echo "docker not available: skipping docker e2e"; fi
 # The scaled-out stack (docker/compose.scale.yaml: a trainer, 3 scorers, HAProxy, Prometheus)
