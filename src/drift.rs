@@ -41,7 +41,9 @@ pub struct DriftReport {
     pub threshold: f64,
     /// Share of the window's rows below the threshold (None while the window is empty).
     pub window_anomaly_share: Option<f64>,
-    pub histogram: ScoreHistogram,
+    /// Only in `GET /models/{name}/drift` (the metrics scrape needs the test alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub histogram: Option<ScoreHistogram>,
 }
 
 /// Both samples binned on the same edges, as shares of their rows, for plotting one over the other.
@@ -124,6 +126,15 @@ impl Drift {
     /// The window of `model` against its calibration; None without calibration. A window of
     /// another version (the name was swapped) counts as empty.
     pub fn report(&self, model: &ModelInfo) -> Option<DriftReport> {
+        self.compare(model, false)
+    }
+
+    /// `report` with both samples binned for plotting.
+    pub fn report_with_histogram(&self, model: &ModelInfo) -> Option<DriftReport> {
+        self.compare(model, true)
+    }
+
+    fn compare(&self, model: &ModelInfo, histogram: bool) -> Option<DriftReport> {
         let calibration = model.card.calibration.as_ref()?;
         let mut recent: Vec<f64> = match self.0.windows.lock() {
             Ok(w) => w
@@ -137,8 +148,9 @@ impl Drift {
         let (ks_statistic, p_value) = ks_two_sample(&recent, &calibration.log_probs);
         let below = recent.partition_point(|v| *v < calibration.threshold);
         let window_anomaly_share = (!recent.is_empty()).then(|| below as f64 / recent.len() as f64);
-        let histogram =
-            (!calibration.log_probs.is_empty()).then(|| ScoreHistogram::new(&calibration.log_probs, &recent))?;
+        // A card read from a file may hold no calibration rows: no histogram then, not a panic.
+        let histogram = (histogram && !calibration.log_probs.is_empty())
+            .then(|| ScoreHistogram::new(&calibration.log_probs, &recent));
         Some(DriftReport {
             window_rows: recent.len(),
             window_size: self.0.capacity,

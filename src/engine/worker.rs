@@ -346,8 +346,8 @@ impl Worker {
 /// Rows as a `[n, dim]` tensor on `device` (one copy to a GPU per batch).
 fn tensor(rows: &[f32], dim: usize, device: Device) -> Result<Tensor, EngineError> {
     let t = Tensor::f_from_slice(rows).and_then(|t| t.f_view([(rows.len() / dim) as i64, dim as i64]));
-    let t = t.map_err(|e| EngineError::Inference(e.to_string()))?;
-    Ok(if device == Device::Cpu { t } else { t.to_device(device) })
+    // A no-op on the CPU.
+    Ok(t.map_err(|e| EngineError::Inference(e.to_string()))?.to_device(device))
 }
 
 fn to_vec<T: tch::kind::Element>(t: &Tensor) -> Result<Vec<T>, EngineError>

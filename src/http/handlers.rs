@@ -724,7 +724,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 pub async fn drift(State(state): State<AppState>, Target(target): Target) -> Result<Json<DriftReport>, ApiError> {
     state
         .drift
-        .report(target.info())
+        .report_with_histogram(target.info())
         .map(Json)
         .ok_or_else(|| ApiError::Conflict("this model has no calibration data to compare with".into()))
 }
