@@ -22,27 +22,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-say() { printf 'e2e: %s\n' "$*"; }
-fail() {
-  printf 'e2e: FAIL: %s\n' "$*" >&2
-  exit 1
-}
-now() { date +%s.%N; }
-elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$2"; }
-# jq-less JSON access: `json EXPR < body` evaluates EXPR with `d` bound to the parsed body.
-json() { python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-# docker compose (v2 plugin) where there is one, else Debian's docker-compose (v1).
-if docker compose version >/dev/null 2>&1; then
-  compose_cmd=(docker compose)
-elif command -v docker-compose >/dev/null 2>&1; then
-  compose_cmd=(docker-compose)
-else
-  say "installing Debian's docker-compose"
-  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null
-  compose_cmd=(docker-compose)
-fi
+E2E_NAME=e2e
+# shellcheck source=docker/lib.sh
+source docker/lib.sh
 export COMPOSE_PROJECT_NAME=${E2E_PROJECT:-flowscore-e2e}
 export FLOWSCORE_IMAGE=${FLOWSCORE_IMAGE:-flowscore:latest}
 fs_port=${E2E_FLOWSCORE_PORT:-$(free_port)}
@@ -73,12 +55,7 @@ trap cleanup EXIT
 # --- images ---------------------------------------------------------------------------
 scripts/docker-base-images.sh
 if [ "${E2E_SKIP_BUILD:-0}" != 1 ]; then
-  # Behind a TLS-intercepting proxy the builder must trust what the host trusts (see
-  # docker/ca-certificates/README.md).
-  if ! ls docker/ca-certificates/*.crt >/dev/null 2>&1 && ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
-    cp /usr/local/share/ca-certificates/*.crt docker/ca-certificates/
-    say "copied the host's local CA certificates into docker/ca-certificates/ for the build"
-  fi
+  trust_host_ca
   say "building $FLOWSCORE_IMAGE (docker/Dockerfile)"
   t0=$(now)
   # The heavy RUN steps nice themselves inside the build container.
